@@ -1,0 +1,94 @@
+//! The command list and the texts of the simple commands.
+//!
+//! The same list is registered with setMyCommands at start and printed by
+//! /help, so the menu in Telegram and the help text never disagree.
+
+use crate::telegram::types::BotCommand;
+
+/// Commands shown to every user.
+pub const COMMANDS: &[(&str, &str)] =
+    &[("start", "Start the bot"), ("help", "What the bot can do")];
+
+pub fn bot_commands() -> Vec<BotCommand> {
+    COMMANDS
+        .iter()
+        .map(|(command, description)| BotCommand {
+            command: (*command).to_string(),
+            description: (*description).to_string(),
+            is_ephemeral: None,
+        })
+        .collect()
+}
+
+/// A command found at the start of a message: its name, lower-cased and
+/// without a `@botname` suffix, and its argument text.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Command<'a> {
+    pub name: String,
+    pub args: &'a str,
+}
+
+/// Parses `/name@bot args`; `None` for text that is not a command, or a
+/// command addressed to another bot.
+pub fn parse<'a>(text: &'a str, bot_username: &str) -> Option<Command<'a>> {
+    let rest = text.strip_prefix('/')?;
+    let (head, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let (name, target) = head.split_once('@').unwrap_or((head, ""));
+    if name.is_empty() || !target.is_empty() && !target.eq_ignore_ascii_case(bot_username) {
+        return None;
+    }
+    Some(Command {
+        name: name.to_ascii_lowercase(),
+        args: args.trim(),
+    })
+}
+
+pub fn start_text(first_name: &str) -> String {
+    format!("Hello, {first_name}! I am actorbot.\n\nSend /help to see what I can do.")
+}
+
+pub fn help_text() -> String {
+    let mut text = String::from("Commands:\n");
+    for (command, description) in COMMANDS {
+        text.push_str(&format!("/{command} — {description}\n"));
+    }
+    text
+}
+
+pub fn unknown_text(name: &str) -> String {
+    format!("I don't know the command /{name}. Send /help for the list.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(
+            parse("/start", "actorbot"),
+            Some(Command {
+                name: "start".into(),
+                args: ""
+            })
+        );
+        assert_eq!(
+            parse("/Help@ActorBot  me  ", "actorbot"),
+            Some(Command {
+                name: "help".into(),
+                args: "me"
+            })
+        );
+        assert_eq!(parse("/start@otherbot", "actorbot"), None);
+        assert_eq!(parse("hello /start", "actorbot"), None);
+        assert_eq!(parse("/", "actorbot"), None);
+    }
+
+    #[test]
+    fn help_lists_every_command() {
+        let help = help_text();
+        for (command, _) in COMMANDS {
+            assert!(help.contains(&format!("/{command}")));
+        }
+    }
+}

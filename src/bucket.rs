@@ -1,0 +1,78 @@
+//! A token bucket: `rate` tokens a second, holding at most `burst`.
+//!
+//! Written here rather than taken from a rate-limiting crate because the
+//! outbox must ask "when could this chat send?" without spending a token, and
+//! then spend from two buckets (the chat's and the global one) together; the
+//! per-user rate limit uses the same few bytes of state per user.
+
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub fn new(rate_per_sec: f64, burst: u32, now: Instant) -> Bucket {
+        let burst = f64::from(burst.max(1));
+        Bucket {
+            rate: rate_per_sec,
+            burst,
+            tokens: burst,
+            updated: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.updated = now;
+    }
+
+    /// When one token will be there (now, if it already is).
+    pub fn ready_at(&mut self, now: Instant) -> Instant {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        }
+    }
+
+    /// Spends one token; the caller has checked `ready_at`.
+    pub fn take(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens -= 1.0;
+    }
+
+    /// Whether the bucket is full again, so forgetting it loses nothing.
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_rate() {
+        let t0 = Instant::now();
+        let mut bucket = Bucket::new(2.0, 3, t0);
+        for _ in 0..3 {
+            assert_eq!(bucket.ready_at(t0), t0);
+            bucket.take(t0);
+        }
+        let next = bucket.ready_at(t0);
+        assert_eq!(next - t0, Duration::from_millis(500));
+        bucket.take(next);
+        assert!(bucket.ready_at(next) > next);
+        assert!(!bucket.is_full(next));
+        assert!(bucket.is_full(next + Duration::from_secs(2)));
+    }
+}

@@ -1,0 +1,44 @@
+//! Update intake: long polling or webhook, never both.
+//!
+//! Both end in the same hand-off: an [`Incoming`] batch sent to the router,
+//! whose answer means "taken": only then does polling confirm the offset to
+//! Telegram or the webhook answer 200. A router that is saturated answers
+//! late, and intake slows down with it instead of buffering without bound.
+
+pub mod polling;
+pub mod webhook;
+
+use actix::prelude::*;
+use thiserror::Error;
+
+use crate::telegram::update::RawUpdate;
+
+/// A batch of updates for the router, in update_id order.
+#[derive(Message)]
+#[rtype(result = "Result<(), HandoffError>")]
+pub struct Incoming(pub Vec<RawUpdate>);
+
+#[derive(Debug, Error)]
+pub enum HandoffError {
+    #[error("the bot is shutting down")]
+    ShuttingDown,
+    #[error("the router is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<MailboxError> for HandoffError {
+    fn from(err: MailboxError) -> Self {
+        HandoffError::Unavailable(err.to_string())
+    }
+}
+
+/// The update kinds the bot asks Telegram for.
+pub fn allowed_updates() -> Vec<crate::telegram::types::AllowedUpdate> {
+    use crate::telegram::types::AllowedUpdate;
+    vec![
+        AllowedUpdate::Message,
+        AllowedUpdate::EditedMessage,
+        AllowedUpdate::CallbackQuery,
+        AllowedUpdate::StoppedMessageGeneration,
+    ]
+}

@@ -1,0 +1,273 @@
+//! Long polling as an actor.
+//!
+//! One getUpdates at a time, with the configured timeout; the next call goes
+//! out as soon as the previous batch has been handed off, and carries the
+//! offset that confirms it. Errors never stop the poller: network errors and
+//! 5xx answers back off exponentially with jitter, a 429 waits its
+//! `retry_after`, a 409 (another instance or a webhook) is logged loudly and
+//! retried. The offset only moves past updates the router has taken, so an
+//! update is never confirmed to Telegram before it is safe.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use rand::Rng;
+use tokio::sync::oneshot;
+
+use super::{HandoffError, Incoming, allowed_updates};
+use crate::telegram::params::GetUpdatesParams;
+use crate::telegram::update::RawUpdate;
+use crate::telegram::{BotApi, Endpoint, TelegramError};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Stops polling: the current long poll is abandoned (its updates were not
+/// confirmed and will come again), a batch being handed off finishes, and the
+/// last offset is confirmed to Telegram before the answer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopPolling;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Polling,
+    HandingOff,
+    Waiting,
+    Stopped,
+}
+
+pub struct Poller {
+    endpoint: Endpoint,
+    api: Option<BotApi>,
+    sink: Recipient<Incoming>,
+    offset: Option<i64>,
+    timeout: u32,
+    limit: u32,
+    failures: u32,
+    stage: Stage,
+    current: Option<SpawnHandle>,
+    stopping: Vec<oneshot::Sender<()>>,
+}
+
+impl Poller {
+    pub fn new(endpoint: Endpoint, sink: Recipient<Incoming>, timeout: u32, limit: u32) -> Poller {
+        Poller {
+            endpoint,
+            api: None,
+            sink,
+            offset: None,
+            timeout,
+            limit,
+            failures: 0,
+            stage: Stage::Waiting,
+            current: None,
+            stopping: Vec::new(),
+        }
+    }
+
+    fn params(&self, timeout: u32, limit: u32) -> GetUpdatesParams {
+        GetUpdatesParams {
+            offset: self.offset,
+            limit: Some(limit),
+            timeout: Some(timeout),
+            allowed_updates: Some(allowed_updates()),
+        }
+    }
+
+    fn poll(&mut self, ctx: &mut Context<Self>) {
+        let Some(api) = self.api.clone() else { return };
+        let params = self.params(self.timeout, self.limit);
+        self.stage = Stage::Polling;
+        let fut = async move { api.get_updates(&params).await }
+            .into_actor(self)
+            .map(|result, act, ctx| act.on_updates(result, ctx));
+        self.current = Some(ctx.spawn(fut));
+    }
+
+    fn on_updates(
+        &mut self,
+        result: Result<Vec<serde_json::Value>, TelegramError>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.current = None;
+        let values = match result {
+            Ok(values) => values,
+            Err(err) => return self.on_error(err, ctx),
+        };
+        self.failures = 0;
+        if values.is_empty() {
+            return self.poll(ctx);
+        }
+        let mut max_id = None;
+        let mut updates = Vec::with_capacity(values.len());
+        for value in values {
+            match RawUpdate::from_value(value) {
+                Some(update) => {
+                    max_id = max_id.max(Some(update.update_id));
+                    updates.push(update);
+                }
+                None => log::warn!("skipping an update without update_id"),
+            }
+        }
+        let Some(max_id) = max_id else {
+            return self.poll(ctx);
+        };
+        log::debug!(
+            "received {} updates, last update_id={max_id}",
+            updates.len()
+        );
+        crate::metrics::UPDATES_IN
+            .with_label_values(&["polling"])
+            .inc_by(updates.len() as u64);
+        self.hand_off(updates, max_id, ctx);
+    }
+
+    fn hand_off(&mut self, updates: Vec<RawUpdate>, max_id: i64, ctx: &mut Context<Self>) {
+        self.stage = Stage::HandingOff;
+        let sink = self.sink.clone();
+        let fut = async move {
+            let result = sink.send(Incoming(updates.clone())).await;
+            (updates, result.map_err(HandoffError::from).and_then(|r| r))
+        }
+        .into_actor(self)
+        .map(move |(updates, result), act, ctx| match result {
+            Ok(()) => {
+                act.offset = Some(max_id + 1);
+                if act.stopping.is_empty() {
+                    act.poll(ctx);
+                } else {
+                    act.confirm_and_stop(ctx);
+                }
+            }
+            Err(HandoffError::ShuttingDown) => act.confirm_and_stop(ctx),
+            Err(err) => {
+                // Not taken, not confirmed: offer the same batch again.
+                log::warn!(
+                    "hand-off of {} updates failed, retrying: {err}",
+                    updates.len()
+                );
+                act.stage = Stage::Waiting;
+                let delay = Duration::from_millis(200);
+                ctx.run_later(delay, move |act, ctx| act.hand_off(updates, max_id, ctx));
+            }
+        });
+        ctx.spawn(fut);
+    }
+
+    fn on_error(&mut self, err: TelegramError, ctx: &mut Context<Self>) {
+        self.failures += 1;
+        let delay = match &err {
+            e if e.retry_after().is_some() => e.retry_after().unwrap_or(MAX_BACKOFF),
+            _ => backoff(self.failures),
+        };
+        match &err {
+            TelegramError::Api {
+                error_code: 409, ..
+            } => log::error!(
+                "getUpdates conflict (another instance running, or a webhook set?), retrying in {}ms: {err}",
+                delay.as_millis()
+            ),
+            TelegramError::Api {
+                error_code: 401, ..
+            } => {
+                log::error!(
+                    "the Bot API refuses the token, retrying in {}ms: {err}",
+                    delay.as_millis()
+                )
+            }
+            _ => log::warn!(
+                "getUpdates failed (#{}), retrying in {}ms: {err}",
+                self.failures,
+                delay.as_millis()
+            ),
+        }
+        self.stage = Stage::Waiting;
+        self.current = Some(ctx.run_later(delay, |act, ctx| act.poll(ctx)));
+    }
+
+    /// Confirms the offset with a non-blocking getUpdates, then stops.
+    fn confirm_and_stop(&mut self, ctx: &mut Context<Self>) {
+        self.stage = Stage::Stopped;
+        let (Some(api), Some(_)) = (self.api.clone(), self.offset) else {
+            return self.stopped(ctx);
+        };
+        let params = self.params(0, 1);
+        let fut = async move { api.get_updates(&params).await }
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                match result {
+                    Ok(_) => log::info!("polling stopped, offset {:?} confirmed", act.offset),
+                    Err(err) => log::warn!("polling stopped, offset not confirmed: {err}"),
+                }
+                act.stopped(ctx);
+            });
+        ctx.spawn(fut);
+    }
+
+    fn stopped(&mut self, ctx: &mut Context<Self>) {
+        for waiter in self.stopping.drain(..) {
+            let _ = waiter.send(());
+        }
+        ctx.stop();
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_millis(500)
+        .saturating_mul(1 << failures.min(6))
+        .min(MAX_BACKOFF);
+    let jitter = rand::rng().random_range(0.5..1.0);
+    base.mul_f64(jitter)
+}
+
+impl Actor for Poller {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.api = Some(self.endpoint.client());
+        log::info!(
+            "long polling {} (timeout {}s, up to {} updates a call)",
+            self.endpoint.display_url(),
+            self.timeout,
+            self.limit
+        );
+        self.poll(ctx);
+    }
+}
+
+impl Handler<StopPolling> for Poller {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: StopPolling, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.stopping.push(tx);
+        match self.stage {
+            Stage::Polling | Stage::Waiting => {
+                if let Some(handle) = self.current.take() {
+                    ctx.cancel_future(handle);
+                }
+                self.confirm_and_stop(ctx);
+            }
+            // The hand-off in progress finishes, then confirms and stops.
+            Stage::HandingOff => {}
+            Stage::Stopped => {}
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded_and_jittered() {
+        let first = backoff(1);
+        assert!(first >= Duration::from_millis(500) && first < Duration::from_millis(1000));
+        for failures in 0..40 {
+            assert!(backoff(failures) <= MAX_BACKOFF);
+        }
+    }
+}

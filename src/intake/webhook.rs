@@ -1,0 +1,95 @@
+//! Webhook intake: the route Telegram posts updates to.
+//!
+//! A request without the right `X-Telegram-Bot-Api-Secret-Token` is refused
+//! with 401 before its body is read. An update is answered 200 only after
+//! the router has taken it; if the router cannot take it (shutting down,
+//! overloaded) the answer is 503 and Telegram delivers it again later.
+//! A body that is not an update is logged and acknowledged: Telegram would
+//! only send the same bytes again.
+
+use actix::Recipient;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::{HandoffError, Incoming};
+use crate::config::Secret;
+use crate::telegram::update::RawUpdate;
+
+pub const SECRET_HEADER: &str = "X-Telegram-Bot-Api-Secret-Token";
+/// Updates are small; anything near this is not from Telegram.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+pub struct WebhookState {
+    pub sink: Recipient<Incoming>,
+    pub secret: Secret,
+}
+
+pub async fn receive(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<WebhookState>,
+) -> HttpResponse {
+    let given = request
+        .headers()
+        .get(SECRET_HEADER)
+        .map(|value| value.as_bytes())
+        .unwrap_or_default();
+    if !constant_time_eq(given, state.secret.expose().as_bytes()) {
+        log::warn!(
+            "webhook: refused a request with a wrong secret from {}",
+            request
+                .peer_addr()
+                .map_or_else(|| "unknown".to_string(), |a| a.to_string())
+        );
+        return HttpResponse::Unauthorized().finish();
+    }
+    let value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(err) => {
+            log::warn!(
+                "webhook: skipping a body that is not JSON ({} bytes): {err}",
+                body.len()
+            );
+            return HttpResponse::Ok().finish();
+        }
+    };
+    let Some(update) = RawUpdate::from_value(value) else {
+        log::warn!("webhook: skipping an update without update_id");
+        return HttpResponse::Ok().finish();
+    };
+    let update_id = update.update_id;
+    crate::metrics::UPDATES_IN
+        .with_label_values(&["webhook"])
+        .inc();
+    match state.sink.send(Incoming(vec![update])).await {
+        Ok(Ok(())) => HttpResponse::Ok().finish(),
+        Ok(Err(err @ HandoffError::ShuttingDown)) | Ok(Err(err @ HandoffError::Unavailable(_))) => {
+            log::warn!("webhook: update_id={update_id} not taken, Telegram will retry: {err}");
+            HttpResponse::ServiceUnavailable().finish()
+        }
+        Err(err) => {
+            log::warn!("webhook: update_id={update_id} not taken, Telegram will retry: {err}");
+            HttpResponse::ServiceUnavailable().finish()
+        }
+    }
+}
+
+/// Compares secrets without leaking their common prefix length in timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

@@ -1,0 +1,16 @@
+//! actorbot: a Telegram bot daemon built as an actor system on actix.
+//!
+//! The library holds the whole bot so that tests and tools can build parts
+//! of it; the `actorbot` binary is a thin command line over [`daemon`].
+
+pub mod bot;
+pub mod bucket;
+pub mod config;
+pub mod daemon;
+pub mod http;
+pub mod intake;
+pub mod logging;
+pub mod metrics;
+pub mod router;
+pub mod storage;
+pub mod telegram;

@@ -1,0 +1,139 @@
+//! Process-wide metrics in Prometheus form, served by `GET /metrics`.
+//!
+//! One registry for the process, as Prometheus expects: the instruments are
+//! statics that any part of the bot updates without passing handles around.
+//! Gauges whose value lives in an actor (queue depths, live actors) are set
+//! when `/metrics` is scraped, from the actors' own figures.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    let registry = Registry::new_custom(Some("actorbot".into()), None).unwrap_or_default();
+    #[cfg(target_os = "linux")]
+    {
+        let _ = registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+    }
+    registry
+});
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C {
+    let _ = REGISTRY.register(Box::new(collector.clone()));
+    collector
+}
+
+/// Updates received, by intake source (`polling`, `webhook`).
+pub static UPDATES_IN: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new("updates_received_total", "Updates received from Telegram"),
+            &["source"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Updates skipped, by reason (`malformed`, `unhandled`).
+pub static UPDATES_SKIPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new("updates_skipped_total", "Updates logged and skipped"),
+            &["reason"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Requests delivered to Telegram, by method.
+pub static SENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new("telegram_sent_total", "Requests delivered to chats"),
+            &["method"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Sends that failed for good, by error kind.
+pub static SEND_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new("telegram_send_failures_total", "Sends that failed for good"),
+            &["kind"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// 429 answers received from Telegram.
+pub static FLOOD_WAITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new("telegram_flood_waits_total", "429 answers from Telegram")
+            .expect("valid metric"),
+    )
+});
+
+/// Time from an update's arrival to the bot's reply being delivered.
+pub static REPLY_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "update_to_reply_seconds",
+                "From receiving an update to delivering its reply",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["kind"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Depth of an actor's queue, by actor (set at scrape time).
+pub static QUEUE_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new("queue_depth", "Work waiting in an actor's queue"),
+            &["actor"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Renders every metric in the Prometheus text format.
+pub fn render() -> String {
+    let mut buffer = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(err) = encoder.encode(&REGISTRY.gather(), &mut buffer) {
+        return format!("# cannot encode metrics: {err}\n");
+    }
+    String::from_utf8(buffer).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_metrics() {
+        UPDATES_IN.with_label_values(&["polling"]).inc();
+        REPLY_LATENCY.with_label_values(&["command"]).observe(0.004);
+        let text = render();
+        assert!(
+            text.contains("actorbot_updates_received_total{source=\"polling\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("actorbot_update_to_reply_seconds_bucket"),
+            "{text}"
+        );
+    }
+}

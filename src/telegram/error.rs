@@ -1,0 +1,85 @@
+//! Errors of the Bot API layer, in Telegram's own shape.
+//!
+//! An error answer keeps Telegram's `error_code`, `description` and
+//! `parameters` so that callers can act on them (wait `retry_after`, resend to
+//! `migrate_to_chat_id`). Transport failures are a separate variant because
+//! they are retried, while most API errors are final.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, Error)]
+pub enum TelegramError {
+    /// Telegram answered `{"ok": false, ...}`.
+    #[error("{method}: Telegram error {error_code}: {description}")]
+    Api {
+        method: String,
+        error_code: i32,
+        description: String,
+        retry_after: Option<u32>,
+        migrate_to_chat_id: Option<i64>,
+    },
+    /// The request did not get an answer: connect error, reset, timeout.
+    #[error("{method}: no answer from the Bot API: {message}")]
+    Transport { method: String, message: String },
+    /// An answer came but could not be understood.
+    #[error("{method}: malformed answer (HTTP {status}): {message}")]
+    Decode {
+        method: String,
+        status: u16,
+        message: String,
+    },
+    /// A refusal by the bot itself before anything was sent.
+    #[error("{method}: {message}")]
+    Refused { method: String, message: String },
+}
+
+impl TelegramError {
+    /// How long Telegram asked us to wait, for a 429.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            TelegramError::Api {
+                error_code: 429,
+                retry_after,
+                ..
+            } => Some(Duration::from_secs(u64::from(
+                retry_after.unwrap_or(1).max(1),
+            ))),
+            _ => None,
+        }
+    }
+
+    /// Whether the same request may succeed if sent again later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TelegramError::Transport { .. } => true,
+            TelegramError::Api { error_code, .. } => *error_code >= 500 || *error_code == 429,
+            TelegramError::Decode { status, .. } => *status >= 500,
+            TelegramError::Refused { .. } => false,
+        }
+    }
+
+    pub fn migrate_to_chat_id(&self) -> Option<i64> {
+        match self {
+            TelegramError::Api {
+                migrate_to_chat_id, ..
+            } => *migrate_to_chat_id,
+            _ => None,
+        }
+    }
+
+    /// A short label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TelegramError::Api {
+                error_code: 429, ..
+            } => "flood",
+            TelegramError::Api { error_code, .. } if *error_code >= 500 => "server",
+            TelegramError::Api { .. } => "api",
+            TelegramError::Transport { .. } => "transport",
+            TelegramError::Decode { .. } => "decode",
+            TelegramError::Refused { .. } => "refused",
+        }
+    }
+}

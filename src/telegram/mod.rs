@@ -1,0 +1,122 @@
+//! Everything that talks to the Telegram Bot API.
+//!
+//! `client` is the transport, `outbox` the one throttle every send to a chat
+//! passes, `split` keeps texts within a message's size, and [`Telegram`] is
+//! the cheap, cloneable handle the rest of the bot sends through. Bot API
+//! types come from the `frankenstein` crate, re-exported as [`types`].
+
+pub mod client;
+pub mod error;
+pub mod outbox;
+pub mod split;
+pub mod update;
+
+use actix::Addr;
+pub use frankenstein::methods as params;
+use frankenstein::methods::{SendChatActionParams, SendMessageParams};
+pub use frankenstein::types;
+use frankenstein::types::{ChatAction, ChatId, Message};
+
+pub use client::{BotApi, Endpoint, Upload};
+pub use error::TelegramError;
+pub use outbox::{Deliver, Delivered, Outbox, Request};
+
+/// The handle every part of the bot sends through: all sends pass the outbox.
+#[derive(Clone)]
+pub struct Telegram {
+    outbox: Addr<Outbox>,
+}
+
+impl Telegram {
+    pub fn new(outbox: Addr<Outbox>) -> Telegram {
+        Telegram { outbox }
+    }
+
+    pub fn outbox(&self) -> &Addr<Outbox> {
+        &self.outbox
+    }
+
+    /// Queues requests for one chat, in order, and waits until they are delivered.
+    pub async fn deliver(
+        &self,
+        chat_id: i64,
+        requests: Vec<Request>,
+    ) -> Result<Vec<Delivered>, TelegramError> {
+        self.outbox
+            .send(Deliver { chat_id, requests })
+            .await
+            .map_err(|err| TelegramError::Refused {
+                method: "deliver".into(),
+                message: format!("the outbox is unavailable: {err}"),
+            })?
+    }
+
+    /// Sends a message, split into several when the text is too long for
+    /// one. The reply markup goes with the last part.
+    pub async fn send_message(
+        &self,
+        params: SendMessageParams,
+    ) -> Result<Vec<Message>, TelegramError> {
+        let chat_id = chat_id_of(&params.chat_id);
+        let parts = split::split_text(&params.text, split::MESSAGE_LIMIT);
+        if parts.is_empty() {
+            return Err(TelegramError::Refused {
+                method: "sendMessage".into(),
+                message: "message text is empty".into(),
+            });
+        }
+        let last = parts.len() - 1;
+        let requests = parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let mut part = params.clone();
+                part.text = text;
+                if i != last {
+                    part.reply_markup = None;
+                }
+                Request::Message(part)
+            })
+            .collect();
+        let delivered = self.deliver(chat_id, requests).await?;
+        Ok(delivered
+            .into_iter()
+            .filter_map(|d| match d {
+                Delivered::Message(m) => Some(*m),
+                Delivered::Done => None,
+            })
+            .collect())
+    }
+
+    /// Sends plain text to a chat.
+    pub async fn send_text(
+        &self,
+        chat_id: i64,
+        text: impl Into<String>,
+    ) -> Result<Vec<Message>, TelegramError> {
+        let params = SendMessageParams::builder()
+            .chat_id(chat_id)
+            .text(text.into())
+            .build();
+        self.send_message(params).await
+    }
+
+    /// Shows "typing…" or another action in the chat.
+    pub async fn chat_action(&self, chat_id: i64, action: ChatAction) -> Result<(), TelegramError> {
+        let params = SendChatActionParams::builder()
+            .chat_id(chat_id)
+            .action(action)
+            .build();
+        self.deliver(chat_id, vec![Request::ChatAction(params)])
+            .await
+            .map(|_| ())
+    }
+}
+
+fn chat_id_of(chat_id: &ChatId) -> i64 {
+    match chat_id {
+        ChatId::Integer(id) => *id,
+        // @channelusername: such chats are groups for the limits.
+        ChatId::String(_) => i64::MIN,
+    }
+}

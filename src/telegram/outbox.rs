@@ -1,0 +1,610 @@
+//! The outbox: one scheduler for every send to a chat.
+//!
+//! Telegram limits a bot to about 30 messages a second overall, about one a
+//! second to a private chat (with a small burst) and 20 a minute to a group;
+//! past them it answers 429 with `retry_after`. Instead of sending and
+//! reacting, the outbox keeps to the limits itself, so under load messages
+//! wait in their chat's lane and none is refused.
+//!
+//! Each chat has a lane: a FIFO queue, a token bucket and a pause deadline.
+//! At most one request per chat is in flight, which keeps a chat's messages
+//! in order even across retries. Lanes that may send take turns round-robin
+//! (the `ready` ring), so one busy chat cannot starve the others; lanes that
+//! must wait sit in a timer heap. A global bucket caps the total rate.
+//!
+//! A 429 pauses only its chat for `retry_after`; when several chats are told
+//! to wait at about the same time the flood is global and the whole outbox
+//! pauses. Network errors and 5xx answers are retried with jittered backoff
+//! up to `telegram_send_attempts`; other errors go back to the caller. Nothing
+//! is dropped silently: every request ends in exactly one answer.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use frankenstein::methods::{
+    EditMessageTextParams, SendChatActionParams, SendDocumentParams, SendMessageDraftParams,
+    SendMessageParams, SendPhotoParams,
+};
+use frankenstein::response::MessageOrBool;
+use frankenstein::types::{ChatId, Message};
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::client::{BotApi, Endpoint, Upload};
+use super::error::TelegramError;
+use crate::bucket::Bucket;
+use crate::config::Config;
+
+/// One request to a chat.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Message(SendMessageParams),
+    Edit(EditMessageTextParams),
+    ChatAction(SendChatActionParams),
+    Draft(SendMessageDraftParams),
+    Document(Box<SendDocumentParams>, Upload),
+    Photo(Box<SendPhotoParams>, Upload),
+}
+
+impl Request {
+    fn method(&self) -> &'static str {
+        match self {
+            Request::Message(_) => "sendMessage",
+            Request::Edit(_) => "editMessageText",
+            Request::ChatAction(_) => "sendChatAction",
+            Request::Draft(_) => "sendMessageDraft",
+            Request::Document(..) => "sendDocument",
+            Request::Photo(..) => "sendPhoto",
+        }
+    }
+
+    /// Whether the request counts against the flood limits. Chat actions and
+    /// draft previews are not messages; their pace is the caller's concern.
+    fn is_counted(&self) -> bool {
+        !matches!(self, Request::ChatAction(_) | Request::Draft(_))
+    }
+
+    fn set_chat_id(&mut self, chat_id: i64) {
+        let id = ChatId::Integer(chat_id);
+        match self {
+            Request::Message(p) => p.chat_id = id,
+            Request::Edit(p) => p.chat_id = Some(id),
+            Request::ChatAction(p) => p.chat_id = id,
+            Request::Draft(p) => p.chat_id = id,
+            Request::Document(p, _) => p.chat_id = id,
+            Request::Photo(p, _) => p.chat_id = id,
+        }
+    }
+
+    async fn perform(self, api: BotApi) -> Result<Delivered, TelegramError> {
+        let message = |m: Message| Delivered::Message(Box::new(m));
+        match self {
+            Request::Message(p) => api.send_message(&p).await.map(message),
+            Request::Edit(p) => match api.edit_message_text(&p).await? {
+                MessageOrBool::Message(m) => Ok(Delivered::Message(m)),
+                MessageOrBool::Bool(_) => Ok(Delivered::Done),
+            },
+            Request::ChatAction(p) => api.send_chat_action(&p).await.map(|_| Delivered::Done),
+            Request::Draft(p) => api.send_message_draft(&p).await.map(|_| Delivered::Done),
+            Request::Document(p, upload) => api
+                .call_multipart("sendDocument", &*p, "document", upload)
+                .await
+                .map(message),
+            Request::Photo(p, upload) => api
+                .call_multipart("sendPhoto", &*p, "photo", upload)
+                .await
+                .map(message),
+        }
+    }
+}
+
+/// What Telegram gave back for a delivered request.
+#[derive(Debug, Clone)]
+pub enum Delivered {
+    Message(Box<Message>),
+    Done,
+}
+
+impl Delivered {
+    pub fn message(&self) -> Option<&Message> {
+        match self {
+            Delivered::Message(m) => Some(m),
+            Delivered::Done => None,
+        }
+    }
+}
+
+/// Queue requests for one chat, in order; answers when all are delivered or
+/// one has failed for good (the rest of the batch is then not sent).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Delivered>, TelegramError>")]
+pub struct Deliver {
+    pub chat_id: i64,
+    pub requests: Vec<Request>,
+}
+
+/// Figures for the health and metrics endpoints.
+#[derive(Message)]
+#[rtype(result = "OutboxStats")]
+pub struct GetStats;
+
+#[derive(Debug, Clone, Default, Serialize, MessageResponse)]
+pub struct OutboxStats {
+    pub queued: usize,
+    pub in_flight: usize,
+    pub lanes: usize,
+    pub delivered: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub flood_waits: u64,
+    pub global_pauses: u64,
+}
+
+/// The throttle's limits, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub global_rate: f64,
+    pub global_burst: u32,
+    pub private_rate: f64,
+    pub private_burst: u32,
+    pub group_rate: f64,
+    pub group_burst: u32,
+    pub attempts: u32,
+    pub max_in_flight: usize,
+    pub capacity: usize,
+}
+
+impl Limits {
+    pub fn from_config(config: &Config) -> Limits {
+        Limits {
+            global_rate: config.telegram_global_rate,
+            global_burst: config.telegram_global_burst,
+            private_rate: config.telegram_private_rate,
+            private_burst: config.telegram_private_burst,
+            group_rate: config.telegram_group_per_minute / 60.0,
+            group_burst: config.telegram_group_burst,
+            attempts: config.telegram_send_attempts,
+            max_in_flight: config.telegram_max_connections,
+            capacity: config.outbox_capacity,
+        }
+    }
+}
+
+/// Chats told to wait within this window make a flood global.
+const FLOOD_WINDOW: Duration = Duration::from_secs(1);
+const GLOBAL_FLOOD_CHATS: usize = 3;
+/// A request that keeps being told to wait is given up after this many 429s.
+const MAX_FLOOD_WAITS: u32 = 20;
+const LANE_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+struct Job {
+    request: Request,
+    attempts: u32,
+    flood_waits: u32,
+    batch: Batch,
+}
+
+/// The answer channel shared by the requests of one `Deliver`.
+#[derive(Clone)]
+struct Batch(std::rc::Rc<std::cell::RefCell<BatchState>>);
+
+struct BatchState {
+    results: Vec<Delivered>,
+    expected: usize,
+    reply: Option<oneshot::Sender<Result<Vec<Delivered>, TelegramError>>>,
+}
+
+impl Batch {
+    fn succeed(&self, delivered: Delivered) {
+        let mut state = self.0.borrow_mut();
+        state.results.push(delivered);
+        if state.results.len() == state.expected {
+            let results = std::mem::take(&mut state.results);
+            if let Some(reply) = state.reply.take() {
+                let _ = reply.send(Ok(results));
+            }
+        }
+    }
+
+    /// Fails the batch; returns false if it had already failed.
+    fn fail(&self, error: TelegramError) -> bool {
+        match self.0.borrow_mut().reply.take() {
+            Some(reply) => {
+                let _ = reply.send(Err(error));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn is_failed(&self) -> bool {
+        self.0.borrow().reply.is_none()
+    }
+}
+
+struct Lane {
+    queue: VecDeque<Job>,
+    bucket: Bucket,
+    paused_until: Option<Instant>,
+    busy: bool,
+    scheduled: bool,
+}
+
+pub struct Outbox {
+    endpoint: Endpoint,
+    api: Option<BotApi>,
+    limits: Limits,
+    lanes: HashMap<i64, Lane>,
+    ready: VecDeque<i64>,
+    waiting: BinaryHeap<Reverse<(Instant, i64)>>,
+    global: Bucket,
+    global_paused_until: Option<Instant>,
+    recent_floods: VecDeque<(Instant, i64)>,
+    wake_at: Option<Instant>,
+    stats: OutboxStats,
+}
+
+impl Outbox {
+    pub fn new(endpoint: Endpoint, limits: Limits) -> Outbox {
+        let now = Instant::now();
+        Outbox {
+            endpoint,
+            api: None,
+            global: Bucket::new(limits.global_rate, limits.global_burst, now),
+            limits,
+            lanes: HashMap::new(),
+            ready: VecDeque::new(),
+            waiting: BinaryHeap::new(),
+            global_paused_until: None,
+            recent_floods: VecDeque::new(),
+            wake_at: None,
+            stats: OutboxStats::default(),
+        }
+    }
+
+    fn new_lane(&self, chat_id: i64, now: Instant) -> Lane {
+        let bucket = if chat_id > 0 {
+            Bucket::new(self.limits.private_rate, self.limits.private_burst, now)
+        } else {
+            Bucket::new(self.limits.group_rate, self.limits.group_burst, now)
+        };
+        Lane {
+            queue: VecDeque::new(),
+            bucket,
+            paused_until: None,
+            busy: false,
+            scheduled: false,
+        }
+    }
+
+    /// Puts a lane that has work and nothing in flight into `ready` or, if it
+    /// must wait, into the timer heap.
+    fn schedule(&mut self, chat_id: i64, now: Instant) {
+        let Some(lane) = self.lanes.get_mut(&chat_id) else {
+            return;
+        };
+        if lane.busy || lane.scheduled || lane.queue.is_empty() {
+            return;
+        }
+        let mut at = lane.paused_until.filter(|t| *t > now).unwrap_or(now);
+        if lane
+            .queue
+            .front()
+            .is_some_and(|job| job.request.is_counted())
+        {
+            at = at.max(lane.bucket.ready_at(now));
+        }
+        lane.scheduled = true;
+        if at <= now {
+            self.ready.push_back(chat_id);
+        } else {
+            self.waiting.push(Reverse((at, chat_id)));
+        }
+    }
+
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        while let Some(Reverse((at, chat_id))) = self.waiting.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.waiting.pop();
+            if let Some(lane) = self.lanes.get_mut(&chat_id) {
+                lane.scheduled = false;
+            }
+            self.schedule(chat_id, now);
+        }
+
+        let mut next_wake = self.waiting.peek().map(|Reverse((at, _))| *at);
+        if let Some(until) = self.global_paused_until {
+            if until > now {
+                self.arm(ctx, Some(until), now);
+                return;
+            }
+            self.global_paused_until = None;
+        }
+
+        while self.stats.in_flight < self.limits.max_in_flight {
+            let Some(chat_id) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(lane) = self.lanes.get_mut(&chat_id) else {
+                continue;
+            };
+            let counted = lane
+                .queue
+                .front()
+                .is_some_and(|job| job.request.is_counted());
+            if counted {
+                let global_at = self.global.ready_at(now);
+                if global_at > now {
+                    self.ready.push_front(chat_id);
+                    next_wake = Some(next_wake.map_or(global_at, |t| t.min(global_at)));
+                    break;
+                }
+                self.global.take(now);
+                lane.bucket.take(now);
+            }
+            lane.scheduled = false;
+            let Some(job) = lane.queue.pop_front() else {
+                continue;
+            };
+            lane.busy = true;
+            self.stats.queued -= 1;
+            self.dispatch(chat_id, job, ctx);
+        }
+        self.arm(ctx, next_wake, now);
+    }
+
+    /// Makes sure a pump runs at `at`.
+    fn arm(&mut self, ctx: &mut Context<Self>, at: Option<Instant>, now: Instant) {
+        let Some(at) = at else { return };
+        if self.wake_at.is_some_and(|t| t <= at && t > now) {
+            return;
+        }
+        self.wake_at = Some(at);
+        ctx.run_later(at.saturating_duration_since(now), |act, ctx| {
+            act.wake_at = None;
+            act.pump(ctx);
+        });
+    }
+
+    fn dispatch(&mut self, chat_id: i64, job: Job, ctx: &mut Context<Self>) {
+        if job.batch.is_failed() {
+            // An earlier part of this batch failed for good: sending the rest
+            // would deliver a message with a hole in it.
+            self.finish(chat_id, ctx);
+            return;
+        }
+        let Some(api) = self.api.clone() else {
+            return;
+        };
+        self.stats.in_flight += 1;
+        let request = job.request.clone();
+        ctx.spawn(
+            request
+                .perform(api)
+                .into_actor(self)
+                .map(move |result, act, ctx| act.complete(chat_id, job, result, ctx)),
+        );
+    }
+
+    fn complete(
+        &mut self,
+        chat_id: i64,
+        mut job: Job,
+        result: Result<Delivered, TelegramError>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.stats.in_flight -= 1;
+        let now = Instant::now();
+        match result {
+            Ok(delivered) => {
+                self.stats.delivered += 1;
+                crate::metrics::SENT
+                    .with_label_values(&[job.request.method()])
+                    .inc();
+                job.batch.succeed(delivered);
+            }
+            Err(err) if err.retry_after().is_some() && job.flood_waits < MAX_FLOOD_WAITS => {
+                let wait = err.retry_after().unwrap_or(Duration::from_secs(1));
+                job.flood_waits += 1;
+                self.stats.flood_waits += 1;
+                crate::metrics::FLOOD_WAITS.inc();
+                self.note_flood(chat_id, now, wait);
+                log::warn!(
+                    "flood wait: chat_id={chat_id} method={} retry_after={}s",
+                    job.request.method(),
+                    wait.as_secs()
+                );
+                self.requeue(chat_id, job, now + wait);
+            }
+            Err(err) if err.migrate_to_chat_id().is_some() => {
+                let new_id = err.migrate_to_chat_id().unwrap_or(chat_id);
+                log::info!("chat migrated: chat_id={chat_id} new_chat_id={new_id}");
+                job.request.set_chat_id(new_id);
+                job.attempts += 1;
+                if job.attempts >= self.limits.attempts || new_id == chat_id {
+                    self.fail(job, err);
+                } else {
+                    self.requeue(chat_id, job, now);
+                }
+            }
+            Err(err) if err.is_transient() && job.attempts + 1 < self.limits.attempts => {
+                job.attempts += 1;
+                self.stats.retried += 1;
+                let delay = backoff(job.attempts);
+                log::warn!(
+                    "send failed, retrying: chat_id={chat_id} method={} attempt={} in={}ms: {err}",
+                    job.request.method(),
+                    job.attempts,
+                    delay.as_millis()
+                );
+                self.requeue(chat_id, job, now + delay);
+            }
+            Err(err) => self.fail(job, err),
+        }
+        self.finish(chat_id, ctx);
+    }
+
+    fn fail(&mut self, job: Job, err: TelegramError) {
+        self.stats.failed += 1;
+        crate::metrics::SEND_FAILURES
+            .with_label_values(&[err.kind()])
+            .inc();
+        log::warn!("send failed: method={}: {err}", job.request.method());
+        job.batch.fail(err);
+    }
+
+    fn requeue(&mut self, chat_id: i64, job: Job, not_before: Instant) {
+        if let Some(lane) = self.lanes.get_mut(&chat_id) {
+            lane.queue.push_front(job);
+            lane.paused_until = Some(not_before);
+            self.stats.queued += 1;
+        }
+    }
+
+    fn finish(&mut self, chat_id: i64, ctx: &mut Context<Self>) {
+        if let Some(lane) = self.lanes.get_mut(&chat_id) {
+            lane.busy = false;
+        }
+        self.schedule(chat_id, Instant::now());
+        self.pump(ctx);
+    }
+
+    /// Records a 429; several chats at once mean the bot as a whole is over.
+    fn note_flood(&mut self, chat_id: i64, now: Instant, wait: Duration) {
+        while self
+            .recent_floods
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > FLOOD_WINDOW)
+        {
+            self.recent_floods.pop_front();
+        }
+        self.recent_floods.push_back((now, chat_id));
+        let mut chats: Vec<i64> = self.recent_floods.iter().map(|(_, c)| *c).collect();
+        chats.sort_unstable();
+        chats.dedup();
+        if chats.len() >= GLOBAL_FLOOD_CHATS {
+            let until = now + wait;
+            if self.global_paused_until.is_none_or(|t| t < until) {
+                self.global_paused_until = Some(until);
+                self.stats.global_pauses += 1;
+                log::warn!(
+                    "global flood wait: {} chats told to wait, pausing all sends for {}s",
+                    chats.len(),
+                    wait.as_secs()
+                );
+            }
+        }
+    }
+
+    fn sweep_lanes(&mut self) {
+        let now = Instant::now();
+        self.lanes.retain(|_, lane| {
+            lane.busy || lane.scheduled || !lane.queue.is_empty() || !lane.bucket.is_full(now)
+        });
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = 250u64.saturating_mul(1 << attempt.min(6));
+    let jitter = rand::rng().random_range(0..=base / 2);
+    Duration::from_millis(base + jitter)
+}
+
+impl Actor for Outbox {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.api = Some(self.endpoint.client());
+        ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(LANE_SWEEP_INTERVAL, |act, _| act.sweep_lanes());
+        log::info!(
+            "outbox started: {} msg/s global, {} msg/s per private chat, {} msg/min per group",
+            self.limits.global_rate,
+            self.limits.private_rate,
+            self.limits.group_rate * 60.0
+        );
+    }
+}
+
+impl Handler<Deliver> for Outbox {
+    type Result = ResponseFuture<Result<Vec<Delivered>, TelegramError>>;
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) -> Self::Result {
+        let (reply, answer) = oneshot::channel();
+        let count = msg.requests.len();
+        if count == 0 {
+            return Box::pin(async { Ok(Vec::new()) });
+        }
+        if self.stats.queued + count > self.limits.capacity {
+            let method = msg.requests[0].method().to_string();
+            return Box::pin(async move {
+                Err(TelegramError::Refused {
+                    method,
+                    message: "the outbox is full".into(),
+                })
+            });
+        }
+        let batch = Batch(std::rc::Rc::new(std::cell::RefCell::new(BatchState {
+            results: Vec::with_capacity(count),
+            expected: count,
+            reply: Some(reply),
+        })));
+        let now = Instant::now();
+        if !self.lanes.contains_key(&msg.chat_id) {
+            let lane = self.new_lane(msg.chat_id, now);
+            self.lanes.insert(msg.chat_id, lane);
+        }
+        if let Some(lane) = self.lanes.get_mut(&msg.chat_id) {
+            for request in msg.requests {
+                lane.queue.push_back(Job {
+                    request,
+                    attempts: 0,
+                    flood_waits: 0,
+                    batch: batch.clone(),
+                });
+            }
+        }
+        self.stats.queued += count;
+        self.schedule(msg.chat_id, now);
+        self.pump(ctx);
+        Box::pin(async move {
+            answer.await.unwrap_or_else(|_| {
+                Err(TelegramError::Refused {
+                    method: "deliver".into(),
+                    message: "the outbox stopped".into(),
+                })
+            })
+        })
+    }
+}
+
+impl Handler<GetStats> for Outbox {
+    type Result = OutboxStats;
+
+    fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> OutboxStats {
+        OutboxStats {
+            lanes: self.lanes.len(),
+            ..self.stats.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter() {
+        let first = backoff(1);
+        assert!(first >= Duration::from_millis(500) && first <= Duration::from_millis(750));
+        let later = backoff(4);
+        assert!(later >= Duration::from_millis(4000));
+        assert!(backoff(30) <= Duration::from_millis(16000 + 8000));
+    }
+}

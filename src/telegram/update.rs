@@ -1,0 +1,69 @@
+//! Incoming updates, kept raw until the router needs them typed.
+//!
+//! Intake only needs an update's id to confirm it and store it, so it keeps
+//! the JSON as Telegram sent it. Typed parsing happens later and may fail
+//! for one update (an unknown kind, a field of the wrong type) without
+//! affecting the others.
+
+use frankenstein::updates::Update;
+use serde_json::Value;
+
+/// An update as received: its id and its JSON body.
+#[derive(Debug, Clone)]
+pub struct RawUpdate {
+    pub update_id: i64,
+    pub body: Value,
+    /// When this process received it, for update-to-reply latency.
+    pub received: std::time::Instant,
+}
+
+impl RawUpdate {
+    /// Takes the id out of a received JSON value; `None` if it has none.
+    pub fn from_value(body: Value) -> Option<RawUpdate> {
+        let update_id = body.get("update_id")?.as_i64()?;
+        Some(RawUpdate {
+            update_id,
+            body,
+            received: std::time::Instant::now(),
+        })
+    }
+
+    /// The typed update, or why it could not be read.
+    pub fn parse(&self) -> Result<Update, serde_json::Error> {
+        serde::Deserialize::deserialize(&self.body)
+    }
+
+    /// The update's kind: the name of its one field besides `update_id`.
+    pub fn kind(&self) -> &str {
+        self.body
+            .as_object()
+            .and_then(|o| o.keys().find(|k| *k != "update_id"))
+            .map_or("empty", |k| k.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_known_and_tolerates_unknown() {
+        let known = RawUpdate::from_value(json!({
+            "update_id": 10,
+            "message": {"message_id": 1, "date": 0, "chat": {"id": 5, "type": "private"}, "text": "hi",
+                        "some_future_field": {"x": 1}}
+        }))
+        .unwrap();
+        assert_eq!(known.kind(), "message");
+        assert!(known.parse().is_ok());
+
+        let unknown =
+            RawUpdate::from_value(json!({"update_id": 11, "brand_new_kind": {}})).unwrap();
+        assert_eq!(unknown.update_id, 11);
+        assert!(unknown.parse().is_err());
+
+        assert!(RawUpdate::from_value(json!({"message": {}})).is_none());
+        assert!(RawUpdate::from_value(json!("text")).is_none());
+    }
+}

@@ -1,0 +1,64 @@
+//! The command line: `config` output and configuration errors at start.
+
+use std::process::Command;
+
+fn actorbot(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_actorbot"));
+    command
+        .args(args)
+        .env_clear()
+        .env("CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"));
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("actorbot runs")
+}
+
+#[test]
+fn config_prints_the_effective_configuration_without_secrets() {
+    let output = actorbot(
+        &["config"],
+        &[
+            ("APP_PROFILE", "high-load"),
+            ("BOT_TOKEN", "123456:SUPER-secret"),
+            ("DATABASE_URL", "postgres://bot:DBPASS@db/actorbot"),
+            ("POLLING_TIMEOUT", "25"),
+        ],
+    );
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !text.contains("SUPER-secret") && !text.contains("DBPASS"),
+        "{text}"
+    );
+    assert!(text.contains("profile = \"high-load\""), "{text}");
+    assert!(text.contains("polling_timeout = 25"), "{text}");
+    assert!(text.contains("telegram_max_connections = 256"), "{text}");
+    assert!(
+        text.contains("postgres://bot:<redacted>@db/actorbot"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_malformed_value_stops_the_start_with_one_line() {
+    let output = actorbot(
+        &["run"],
+        &[("BOT_TOKEN", "123456:abc"), ("HTTP_TIMEOUT", "soon")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "actorbot: configuration error: HTTP_TIMEOUT: expected a number, got \"soon\""
+    );
+}
+
+#[test]
+fn run_without_a_token_names_the_variable() {
+    let output = actorbot(&["run"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("BOT_TOKEN is not set"), "{stderr}");
+}

@@ -1,0 +1,259 @@
+//! The integration tests' one way to start actorbot: the real binary, run
+//! against the fake Telegram Bot API from `actorbot-testkit`.
+//!
+//! `TestApp::builder()...start()` starts the fake, picks a free port for
+//! the daemon's HTTP endpoint, runs `actorbot run` with a fresh data
+//! directory and the `testing` profile, captures its log, and waits until
+//! intake is running. Dropping the app kills the daemon.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actorbot_testkit::telegram::{FakeTelegram, FakeTelegramConfig, FloodLimits};
+use tokio::sync::Notify;
+
+pub const TOKEN: &str = "7000001:TEST-secret_token-abcdef";
+pub const WEBHOOK_SECRET: &str = "hook-secret-123";
+pub const STARTUP: Duration = Duration::from_secs(20);
+
+pub struct TestAppBuilder {
+    env: Vec<(String, String)>,
+    flood_limits: Option<FloodLimits>,
+    webhook: bool,
+    fake: Option<FakeTelegram>,
+}
+
+impl TestAppBuilder {
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The fake enforces Telegram's flood limits with real 429 answers.
+    pub fn flood_limits(mut self) -> Self {
+        self.flood_limits = Some(FloodLimits::telegram_default());
+        self
+    }
+
+    /// Runs in webhook mode: the fake posts updates to the daemon.
+    pub fn webhook(mut self) -> Self {
+        self.webhook = true;
+        self
+    }
+
+    /// Reuses a running fake (a restart against the same Telegram).
+    pub fn with_fake(mut self, fake: FakeTelegram) -> Self {
+        self.fake = Some(fake);
+        self
+    }
+
+    pub async fn start(self) -> TestApp {
+        let tg = match self.fake {
+            Some(fake) => fake,
+            None => FakeTelegram::start(FakeTelegramConfig {
+                token: TOKEN.to_string(),
+                flood_limits: self.flood_limits,
+                ..Default::default()
+            })
+            .expect("the fake Telegram starts"),
+        };
+        let http_addr = free_addr();
+        let data_dir = unique_dir("data");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_actorbot"));
+        command
+            .arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("APP_PROFILE", "testing")
+            .env("CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+            .env("BOT_TOKEN", TOKEN)
+            .env("TELEGRAM_API_URL", tg.api_url())
+            .env("HTTP_ADDR", http_addr.to_string())
+            .env("DATA_DIR", &data_dir)
+            .env(
+                "RUST_LOG",
+                "debug,actix_server=info,actix_http=info,h2=info,rustls=info",
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if self.webhook {
+            command
+                .env(
+                    "WEBHOOK_URL",
+                    format!("http://{http_addr}/telegram/webhook"),
+                )
+                .env("WEBHOOK_SECRET", WEBHOOK_SECRET);
+        }
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("the actorbot binary starts");
+        let log = Arc::new(LogBuffer::default());
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.push(&line);
+                }
+            });
+        }
+        let app = TestApp {
+            tg,
+            child: Some(child),
+            http_addr,
+            data_dir,
+            log,
+        };
+        let ready = if self.webhook {
+            "webhook set"
+        } else {
+            "long polling"
+        };
+        app.wait_for_log(ready, STARTUP).await;
+        app
+    }
+}
+
+pub struct TestApp {
+    pub tg: FakeTelegram,
+    pub http_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    log: Arc<LogBuffer>,
+}
+
+impl TestApp {
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder {
+            env: Vec::new(),
+            flood_limits: None,
+            webhook: false,
+            fake: None,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// Everything the daemon has logged so far.
+    pub fn log(&self) -> String {
+        self.log.text.lock().unwrap().clone()
+    }
+
+    /// Waits until the log holds `needle`; panics with the log on timeout.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.log.changed.notified();
+            if self.log().contains(needle) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                panic!(
+                    "no {needle:?} in the log within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the daemon to exit, polling its status without blocking.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "actorbot did not exit within {timeout:?}; log:\n{}",
+                self.log.text.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the daemon with SIGKILL and gives back the fake, for a restart.
+    pub fn kill(mut self) -> (FakeTelegram, String) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = self.log();
+        let fake = self.tg.clone();
+        (fake, log)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[derive(Default)]
+struct LogBuffer {
+    text: Mutex<String>,
+    changed: Notify,
+}
+
+impl LogBuffer {
+    fn push(&self, line: &str) {
+        {
+            let mut text = self.text.lock().unwrap();
+            text.push_str(line);
+            text.push('\n');
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+pub fn unique_dir(prefix: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("actorbot-test-{prefix}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}

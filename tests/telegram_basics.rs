@@ -1,0 +1,164 @@
+//! The daemon against the fake Telegram: commands, malformed updates, retries
+//! and secrets.
+
+mod common;
+
+use std::time::Duration;
+
+use actorbot_testkit::telegram::{Failure, FailureMatch};
+use common::{TOKEN, TestApp};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[actix_rt::test]
+async fn start_is_answered_for_fifty_users_and_commands_are_registered() {
+    let app = TestApp::builder().start().await;
+    let users: Vec<i64> = (1..=50).map(|i| 10_000 + i).collect();
+    for user in &users {
+        app.tg.inject_text(*user, "/start");
+    }
+    app.tg
+        .wait_for_total_messages(users.len(), WAIT)
+        .await
+        .expect("every user is answered");
+    for user in &users {
+        let messages = app.tg.messages_to(*user);
+        assert_eq!(messages.len(), 1, "user {user}: {messages:?}");
+        assert!(messages[0].text.contains("actorbot"), "{:?}", messages[0]);
+    }
+
+    let commands = app.tg.commands();
+    let names: Vec<&str> = commands.iter().map(|c| c.command.as_str()).collect();
+    assert!(
+        names.contains(&"start") && names.contains(&"help"),
+        "{names:?}"
+    );
+
+    app.tg.inject_text(42, "/help");
+    app.tg.wait_for_messages(42, 1, WAIT).await.unwrap();
+    let help = &app.tg.messages_to(42)[0].text;
+    for name in names {
+        assert!(help.contains(&format!("/{name}")), "{help}");
+    }
+
+    app.tg.inject_text(43, "/frobnicate");
+    app.tg.wait_for_messages(43, 1, WAIT).await.unwrap();
+    assert!(app.tg.messages_to(43)[0].text.contains("/help"));
+}
+
+#[actix_rt::test]
+async fn malformed_and_unknown_updates_are_skipped() {
+    let app = TestApp::builder().start().await;
+    let unknown = app
+        .tg
+        .inject_raw(json!({"brand_new_update_kind": {"x": 1}}));
+    let wrong_types = app
+        .tg
+        .inject_raw(json!({"message": {"message_id": "NaN", "chat": 5}}));
+    app.tg.inject_text(77, "/start");
+    app.tg.wait_for_messages(77, 1, WAIT).await.unwrap();
+    let log = app.log();
+    assert!(
+        log.contains(&format!("skipping update_id={unknown}")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("skipping update_id={wrong_types}")),
+        "{log}"
+    );
+    // Skipped updates are still confirmed: the next poll's offset is past them.
+    app.tg
+        .wait_until(WAIT, |state| {
+            state.confirmed_offset() > unknown.max(wrong_types)
+        })
+        .await
+        .expect("offsets confirmed");
+}
+
+#[actix_rt::test]
+async fn a_429_is_honoured_and_the_message_still_arrives() {
+    let app = TestApp::builder().start().await;
+    app.tg.fail_next(
+        FailureMatch::method("sendMessage").chat(501),
+        Failure::TooManyRequests { retry_after: 2 },
+    );
+    app.tg.inject_text(501, "/start");
+    app.tg.wait_for_messages(501, 1, WAIT).await.unwrap();
+    let calls: Vec<_> = app
+        .tg
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "sendMessage" && c.chat_id == Some(501))
+        .collect();
+    assert_eq!(calls.len(), 2, "one refused, one delivered: {calls:?}");
+    assert_eq!(calls[0].status, 429);
+    let waited = calls[1].at.duration_since(calls[0].at);
+    assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
+    assert!(app.log().contains("flood wait: chat_id=501"));
+}
+
+#[actix_rt::test]
+async fn server_errors_are_retried() {
+    let app = TestApp::builder().start().await;
+    for _ in 0..2 {
+        app.tg.fail_next(
+            FailureMatch::method("sendMessage").chat(502),
+            Failure::Status {
+                code: 502,
+                description: "Bad Gateway".into(),
+            },
+        );
+    }
+    app.tg.inject_text(502, "/help");
+    app.tg.wait_for_messages(502, 1, WAIT).await.unwrap();
+    assert_eq!(app.tg.messages_to(502).len(), 1);
+}
+
+#[actix_rt::test]
+async fn polling_survives_telegram_errors() {
+    let app = TestApp::builder().start().await;
+    for _ in 0..3 {
+        app.tg.fail_next(
+            FailureMatch::method("getUpdates"),
+            Failure::Status {
+                code: 500,
+                description: "Internal Server Error".into(),
+            },
+        );
+    }
+    app.tg.inject_text(601, "/start");
+    app.tg.wait_for_messages(601, 1, WAIT).await.unwrap();
+    assert!(app.log().contains("getUpdates failed"));
+}
+
+#[actix_rt::test]
+async fn the_token_never_reaches_the_log() {
+    let app = TestApp::builder().start().await;
+    // Exercise error paths too: they are where URLs tend to leak.
+    app.tg.fail_next(
+        FailureMatch::method("getUpdates"),
+        Failure::Status {
+            code: 502,
+            description: "Bad Gateway".into(),
+        },
+    );
+    app.tg.fail_next(
+        FailureMatch::method("sendMessage").chat(701),
+        Failure::Status {
+            code: 400,
+            description: "Bad Request: chat not found".into(),
+        },
+    );
+    app.tg.inject_text(701, "/start");
+    app.tg.inject_text(702, "/start");
+    app.tg.wait_for_messages(702, 1, WAIT).await.unwrap();
+    app.wait_for_log("send failed", WAIT).await;
+    let log = app.log();
+    let secret = TOKEN.split_once(':').unwrap().1;
+    assert_eq!(log.matches(secret).count(), 0, "token in log:\n{log}");
+    assert!(
+        log.contains("/bot<token>"),
+        "the API URL is logged, redacted:\n{log}"
+    );
+}

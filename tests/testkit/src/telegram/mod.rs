@@ -1,0 +1,338 @@
+//! A fake Telegram Bot API server.
+//!
+//! It speaks the real wire format (JSON, form and multipart bodies,
+//! long-polled getUpdates with offset confirmation, `{"ok":false,...}`
+//! errors with `retry_after`), records what the bot sent, lets a test inject
+//! updates, and can enforce Telegram's flood limits with real 429 answers.
+//! In webhook mode it posts updates to the bot with the secret header and
+//! retries until they are accepted, as Telegram does.
+//!
+//! [`FakeTelegram`] is a cheap handle: clones share one server, which stops
+//! when the last handle is dropped.
+
+mod server;
+mod state;
+mod updates;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use serde_json::Value;
+
+pub use state::{
+    BotCommand, Call, Draft, Failure, FailureMatch, FakeState, FloodLimits, SentMessage,
+    UploadedFile, WebhookInfo,
+};
+
+use crate::wait::{WaitTimeout, Watched};
+use server::Shared;
+
+/// How to start a fake.
+#[derive(Clone, Debug)]
+pub struct FakeTelegramConfig {
+    /// The token the bot must use; others get 401.
+    pub token: String,
+    /// Enforce Telegram's flood limits with 429 answers.
+    pub flood_limits: Option<FloodLimits>,
+    /// Where to listen; port 0 picks a free one.
+    pub addr: SocketAddr,
+    /// HTTP worker threads.
+    pub workers: usize,
+    /// Keep a record of every call (turn off for long load tests).
+    pub record_calls: bool,
+}
+
+impl Default for FakeTelegramConfig {
+    fn default() -> Self {
+        FakeTelegramConfig {
+            token: "123456:FAKE-default-token".into(),
+            flood_limits: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            workers: 2,
+            record_calls: true,
+        }
+    }
+}
+
+/// A running fake Bot API server; see the module docs.
+#[derive(Clone)]
+pub struct FakeTelegram {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    system: actix_rt::System,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.system.stop();
+    }
+}
+
+impl FakeTelegram {
+    /// Starts the server on its own threads and returns once it listens.
+    pub fn start(config: FakeTelegramConfig) -> std::io::Result<FakeTelegram> {
+        let bot_id = config
+            .token
+            .split(':')
+            .next()
+            .and_then(|id| id.parse().ok())
+            .unwrap_or(123_456);
+        let shared = Arc::new(Shared {
+            token: config.token.clone(),
+            bot_id,
+            state: Watched::new(FakeState::new(
+                config.flood_limits.clone(),
+                config.record_calls,
+            )),
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let for_thread = shared.clone();
+        std::thread::Builder::new()
+            .name("fake-telegram".into())
+            .spawn(move || {
+                let system = actix_rt::System::new();
+                let started = system.block_on(async {
+                    let data = web::Data::new(for_thread.clone());
+                    let server = HttpServer::new(move || {
+                        App::new()
+                            .app_data(data.clone())
+                            .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
+                            .app_data(web::JsonConfig::default().limit(16 * 1024 * 1024))
+                            .configure(server::configure)
+                    })
+                    .workers(config.workers.max(1))
+                    .disable_signals()
+                    .backlog(4096)
+                    .max_connection_rate(4096)
+                    .bind(config.addr)?;
+                    let addr = server.addrs()[0];
+                    actix_rt::spawn(server.run());
+                    actix_rt::spawn(server::deliver_webhooks(for_thread));
+                    Ok::<_, std::io::Error>((addr, actix_rt::System::current()))
+                });
+                let ok = started.is_ok();
+                let _ = tx.send(started);
+                if ok {
+                    let _ = system.run();
+                }
+            })?;
+        let (addr, system) = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the fake Telegram thread died"))??;
+        Ok(FakeTelegram {
+            inner: Arc::new(Inner {
+                shared,
+                addr,
+                system,
+            }),
+        })
+    }
+
+    /// The base URL to give the bot as `TELEGRAM_API_URL`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.inner.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    fn state(&self) -> &Watched<FakeState> {
+        &self.inner.shared.state
+    }
+
+    /// Reads anything from the fake's state.
+    pub fn read<R>(&self, f: impl FnOnce(&FakeState) -> R) -> R {
+        self.state().read(f)
+    }
+
+    // --- injecting updates ----------------------------------------------
+
+    /// Queues a raw update (its `update_id` is assigned) and returns its id.
+    pub fn inject_raw(&self, update: Value) -> i64 {
+        self.state().update(|s| s.push_update(update))
+    }
+
+    /// A private text message from `user`; a leading `/command` gets its
+    /// `bot_command` entity.
+    pub fn inject_text(&self, user: i64, text: &str) -> i64 {
+        self.inject_group_text(user, user, text)
+    }
+
+    /// A text message from `user` in chat `chat_id` (negative for groups).
+    pub fn inject_group_text(&self, chat_id: i64, user: i64, text: &str) -> i64 {
+        self.state().update(|s| {
+            let message_id = s.next_message_id;
+            s.next_message_id += 1;
+            s.push_update(updates::text_message(chat_id, user, message_id, text))
+        })
+    }
+
+    /// A press of an inline button with `data` under message `message_id`.
+    pub fn inject_callback(&self, user: i64, message_id: i64, data: &str) -> i64 {
+        self.state().update(|s| {
+            let query_id = format!("cbq-{}", s.next_update_id);
+            s.push_update(updates::callback_query(user, &query_id, message_id, data))
+        })
+    }
+
+    /// Stores a file the bot can fetch with getFile; returns its
+    /// `(file_id, file_unique_id)`.
+    pub fn add_file(&self, bytes: Vec<u8>, extension: &str) -> (String, String) {
+        self.state().update(|s| s.store_file(bytes, extension))
+    }
+
+    /// A photo message from `user` with these image bytes.
+    pub fn inject_photo(&self, user: i64, bytes: Vec<u8>, caption: Option<&str>) -> i64 {
+        self.state().update(|s| {
+            let size = bytes.len();
+            let (file_id, unique) = s.store_file(bytes, "jpg");
+            let message_id = s.next_message_id;
+            s.next_message_id += 1;
+            s.push_update(updates::photo_message(
+                user, user, message_id, &file_id, &unique, size, caption,
+            ))
+        })
+    }
+
+    /// A file sent as a document (e.g. an uncompressed image).
+    pub fn inject_document(&self, user: i64, bytes: Vec<u8>, file_name: &str, mime: &str) -> i64 {
+        self.state().update(|s| {
+            let size = bytes.len();
+            let extension = file_name.rsplit('.').next().unwrap_or("bin");
+            let (file_id, unique) = s.store_file(bytes, extension);
+            let message_id = s.next_message_id;
+            s.next_message_id += 1;
+            let file = updates::DocumentFile {
+                file_id: &file_id,
+                file_unique_id: &unique,
+                size,
+                file_name,
+                mime_type: mime,
+            };
+            s.push_update(updates::document_message(user, user, message_id, file))
+        })
+    }
+
+    /// Answers the next call matching `when` with `failure` instead.
+    pub fn fail_next(&self, when: FailureMatch, failure: Failure) {
+        self.state().update(|s| s.failures.push((when, failure)));
+    }
+
+    // --- what the bot did -------------------------------------------------
+
+    pub fn messages_to(&self, chat_id: i64) -> Vec<SentMessage> {
+        self.read(|s| s.messages_to(chat_id))
+    }
+
+    pub fn all_messages(&self) -> Vec<SentMessage> {
+        self.read(|s| s.messages.clone())
+    }
+
+    pub fn total_messages(&self) -> usize {
+        self.read(|s| s.total_messages())
+    }
+
+    pub fn drafts_to(&self, chat_id: i64) -> Vec<Draft> {
+        self.read(|s| s.drafts_to(chat_id))
+    }
+
+    pub fn actions_to(&self, chat_id: i64) -> Vec<String> {
+        self.read(|s| s.actions_to(chat_id))
+    }
+
+    pub fn callback_answers(&self) -> Vec<(String, Option<String>)> {
+        self.read(|s| s.callback_answers.clone())
+    }
+
+    pub fn commands(&self) -> Vec<BotCommand> {
+        self.read(|s| s.commands.clone())
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.read(|s| s.calls.clone())
+    }
+
+    /// Sends the fake refused with 429, scripted ones included.
+    pub fn rejected_429(&self) -> usize {
+        self.read(|s| s.rejected_429)
+    }
+
+    pub fn webhook(&self) -> Option<WebhookInfo> {
+        self.read(|s| s.webhook.clone())
+    }
+
+    pub fn confirmed_offset(&self) -> i64 {
+        self.read(|s| s.confirmed_offset)
+    }
+
+    // --- waiting ----------------------------------------------------------
+
+    /// Waits until `condition` holds on the fake's state.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        condition: impl FnMut(&FakeState) -> bool,
+    ) -> Result<(), WaitTimeout> {
+        self.state().until("a condition", timeout, condition).await
+    }
+
+    /// Waits until the bot has sent at least `n` messages in all.
+    pub async fn wait_for_total_messages(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<(), WaitTimeout> {
+        self.state()
+            .until(format!("{n} messages in all"), timeout, |s| {
+                s.messages.len() >= n
+            })
+            .await
+            .map_err(|e| self.explain(e))
+    }
+
+    /// Waits until the bot has sent at least `n` messages to `chat_id`.
+    pub async fn wait_for_messages(
+        &self,
+        chat_id: i64,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<(), WaitTimeout> {
+        self.state()
+            .until(format!("{n} messages to chat {chat_id}"), timeout, |s| {
+                s.messages.iter().filter(|m| m.chat_id == chat_id).count() >= n
+            })
+            .await
+            .map_err(|e| self.explain(e))
+    }
+
+    /// Waits until the bot has confirmed (or taken through the webhook)
+    /// the update with this id.
+    pub async fn wait_confirmed(
+        &self,
+        update_id: i64,
+        timeout: Duration,
+    ) -> Result<(), WaitTimeout> {
+        self.state()
+            .until(format!("update {update_id} confirmed"), timeout, |s| {
+                s.confirmed_offset > update_id
+            })
+            .await
+    }
+
+    fn explain(&self, mut error: WaitTimeout) -> WaitTimeout {
+        let (messages, queued, calls) =
+            self.read(|s| (s.messages.len(), s.queue.len(), s.calls.len()));
+        error.what = format!(
+            "{} (the bot sent {messages} messages in {calls} calls; {queued} updates unconfirmed)",
+            error.what
+        );
+        error
+    }
+}

@@ -1,0 +1,795 @@
+//! The HTTP side of the fake: Bot API methods at `/bot<token>/<method>`,
+//! file downloads at `/file/bot<token>/<path>`, a control API for tools at
+//! `/_fake/...`, and webhook delivery to the bot.
+//!
+//! Parameters arrive the ways Telegram accepts them (query string, JSON,
+//! urlencoded form, multipart), and answers keep Telegram's shape:
+//! `{"ok":true,"result":...}` or `{"ok":false,"error_code":...,
+//! "description":...,"parameters":{...}}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use serde_json::{Map, Value, json};
+
+use super::state::{BotCommand, Draft, Failure, FakeState, SentMessage, UploadedFile, WebhookInfo};
+use super::updates;
+use crate::wait::Watched;
+
+/// What every handler shares.
+pub(crate) struct Shared {
+    pub token: String,
+    pub bot_id: i64,
+    pub state: Watched<FakeState>,
+}
+
+type Params = Map<String, Value>;
+
+/// A failed call: HTTP status, description and optional `parameters`.
+struct ApiError {
+    code: u16,
+    description: String,
+    parameters: Option<Value>,
+}
+
+impl ApiError {
+    fn new(code: u16, description: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            description: description.into(),
+            parameters: None,
+        }
+    }
+
+    fn bad_request(description: &str) -> Self {
+        ApiError::new(400, format!("Bad Request: {description}"))
+    }
+}
+
+type ApiResult = Result<Value, ApiError>;
+
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/bot{token}/{method}", web::to(api))
+        .route("/file/bot{token}/{path:.*}", web::get().to(download))
+        .route("/_fake/updates", web::post().to(control_inject))
+        .route("/_fake/messages", web::get().to(control_messages))
+        .route("/_fake/stats", web::get().to(control_stats));
+}
+
+fn respond(result: ApiResult) -> HttpResponse {
+    match result {
+        Ok(result) => HttpResponse::Ok().json(json!({"ok": true, "result": result})),
+        Err(error) => {
+            let mut body = json!({
+                "ok": false,
+                "error_code": error.code,
+                "description": error.description,
+            });
+            if let Some(parameters) = error.parameters {
+                body["parameters"] = parameters;
+            }
+            HttpResponse::build(StatusCode::from_u16(error.code).unwrap_or(StatusCode::BAD_REQUEST))
+                .json(body)
+        }
+    }
+}
+
+async fn api(
+    path: web::Path<(String, String)>,
+    request: HttpRequest,
+    payload: web::Payload,
+    shared: web::Data<Arc<Shared>>,
+) -> HttpResponse {
+    let at = Instant::now();
+    let (token, method) = path.into_inner();
+    if token != shared.token {
+        return respond(Err(ApiError::new(401, "Unauthorized")));
+    }
+    let (params, files) = match read_params(&request, payload).await {
+        Ok(parsed) => parsed,
+        Err(message) => return respond(Err(ApiError::bad_request(&message))),
+    };
+    let chat_id = int(&params, "chat_id");
+    let failure = shared.state.update(|s| s.take_failure(&method, chat_id));
+    let scripted = match failure {
+        Some(Failure::Delay(delay)) => {
+            tokio::time::sleep(delay).await;
+            None
+        }
+        Some(Failure::TooManyRequests { retry_after }) => Some(ApiError {
+            code: 429,
+            description: format!("Too Many Requests: retry after {retry_after}"),
+            parameters: Some(json!({"retry_after": retry_after})),
+        }),
+        Some(Failure::Status { code, description }) => Some(ApiError::new(code, description)),
+        Some(Failure::MigrateToChat { chat_id }) => Some(ApiError {
+            code: 400,
+            description: "Bad Request: group chat was upgraded to a supergroup chat".into(),
+            parameters: Some(json!({"migrate_to_chat_id": chat_id})),
+        }),
+        None => None,
+    };
+    // A call is recorded in the same update that applies it, so a test
+    // woken by a new message also sees the call that sent it.
+    let result = match (scripted, method.eq_ignore_ascii_case("getUpdates")) {
+        (None, false) => {
+            return respond(shared.state.update(|s| {
+                let result = call(s, shared.bot_id, &method, &params, files, at);
+                s.record_call(&method, chat_id, status_of(&result), at);
+                result
+            }));
+        }
+        (None, true) => get_updates(&shared, &params).await,
+        (Some(error), _) => Err(error),
+    };
+    shared
+        .state
+        .update(|s| s.record_call(&method, chat_id, status_of(&result), at));
+    respond(result)
+}
+
+fn status_of(result: &ApiResult) -> u16 {
+    match result {
+        Ok(_) => 200,
+        Err(error) => error.code,
+    }
+}
+
+/// Methods that post to a chat count against the flood limits.
+fn is_flood_limited(method: &str) -> bool {
+    [
+        "sendMessage",
+        "sendDocument",
+        "sendPhoto",
+        "editMessageText",
+        "sendMediaGroup",
+        "copyMessage",
+        "forwardMessage",
+    ]
+    .iter()
+    .any(|m| m.eq_ignore_ascii_case(method))
+}
+
+fn call(
+    s: &mut FakeState,
+    bot_id: i64,
+    method: &str,
+    params: &Params,
+    files: Vec<UploadedFile>,
+    at: Instant,
+) -> ApiResult {
+    let chat_id = int(params, "chat_id");
+    if let (true, Some(flood), Some(chat_id)) =
+        (is_flood_limited(method), s.flood.as_mut(), chat_id)
+        && let Err(retry_after) = flood.admit(chat_id, at)
+    {
+        return Err(ApiError {
+            code: 429,
+            description: format!("Too Many Requests: retry after {retry_after}"),
+            parameters: Some(json!({"retry_after": retry_after})),
+        });
+    }
+    match method.to_ascii_lowercase().as_str() {
+        "getme" => Ok(json!({
+            "id": bot_id, "is_bot": true, "first_name": "Fake actorbot",
+            "username": "fake_actorbot", "can_join_groups": true,
+            "can_read_all_group_messages": false, "supports_inline_queries": false,
+        })),
+        "setwebhook" => set_webhook(s, params),
+        "deletewebhook" => {
+            if boolean(params, "drop_pending_updates") {
+                s.queue.clear();
+            }
+            s.webhook = None;
+            Ok(Value::Bool(true))
+        }
+        "getwebhookinfo" => Ok(json!({
+            "url": s.webhook.as_ref().map(|w| w.url.clone()).unwrap_or_default(),
+            "has_custom_certificate": false,
+            "pending_update_count": s.queue.len(),
+            "max_connections": s.webhook.as_ref().and_then(|w| w.max_connections),
+        })),
+        "setmycommands" => {
+            let commands = json_field(params, "commands")
+                .and_then(|v| v.as_array().cloned())
+                .ok_or_else(|| ApiError::bad_request("parameter \"commands\" is required"))?;
+            s.commands = commands
+                .iter()
+                .map(|c| BotCommand {
+                    command: c["command"].as_str().unwrap_or_default().to_string(),
+                    description: c["description"].as_str().unwrap_or_default().to_string(),
+                })
+                .collect();
+            Ok(Value::Bool(true))
+        }
+        "getmycommands" => Ok(json!(
+            s.commands
+                .iter()
+                .map(|c| json!({"command": c.command, "description": c.description}))
+                .collect::<Vec<_>>()
+        )),
+        "sendmessage" => {
+            let chat_id = require_chat(params)?;
+            let text = string(params, "text").unwrap_or_default();
+            if text.trim().is_empty() {
+                return Err(ApiError::bad_request("message text is empty"));
+            }
+            if text.encode_utf16().count() > 4096 {
+                return Err(ApiError::bad_request("message is too long"));
+            }
+            let message = new_message(s, chat_id, "sendMessage", text, params, None, at);
+            Ok(message_json(bot_id, &message))
+        }
+        "editmessagetext" => {
+            let chat_id = require_chat(params)?;
+            let message_id = int(params, "message_id")
+                .ok_or_else(|| ApiError::bad_request("message identifier is not specified"))?;
+            let text = string(params, "text").unwrap_or_default();
+            if text.trim().is_empty() {
+                return Err(ApiError::bad_request("message text is empty"));
+            }
+            if text.encode_utf16().count() > 4096 {
+                return Err(ApiError::bad_request("MESSAGE_TOO_LONG"));
+            }
+            let message = s
+                .messages
+                .iter_mut()
+                .find(|m| m.chat_id == chat_id && m.message_id == message_id)
+                .ok_or_else(|| ApiError::bad_request("message to edit not found"))?;
+            if message.text == text && json_field(params, "reply_markup") == message.reply_markup {
+                return Err(ApiError::bad_request(
+                    "message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
+                ));
+            }
+            message.text = text;
+            message.parse_mode = string(params, "parse_mode");
+            message.entities = json_field(params, "entities");
+            message.reply_markup = json_field(params, "reply_markup");
+            message.edits += 1;
+            let message = message.clone();
+            Ok(message_json(bot_id, &message))
+        }
+        "sendchataction" => {
+            let chat_id = require_chat(params)?;
+            let action =
+                string(params, "action").ok_or_else(|| ApiError::bad_request("action is empty"))?;
+            s.actions.push((chat_id, action));
+            Ok(Value::Bool(true))
+        }
+        "sendmessagedraft" => {
+            let chat_id = require_chat(params)?;
+            if chat_id < 0 {
+                return Err(ApiError::bad_request("TEXTDRAFT_PEER_INVALID"));
+            }
+            let draft_id = int(params, "draft_id").unwrap_or(0);
+            if draft_id == 0 {
+                return Err(ApiError::bad_request("draft_id must be non-zero"));
+            }
+            let text = string(params, "text").unwrap_or_default();
+            if text.encode_utf16().count() > 4096 {
+                return Err(ApiError::bad_request("message is too long"));
+            }
+            s.drafts.push(Draft {
+                chat_id,
+                draft_id,
+                text,
+                at,
+            });
+            Ok(Value::Bool(true))
+        }
+        "senddocument" | "sendphoto" => {
+            let chat_id = require_chat(params)?;
+            let field = if method.eq_ignore_ascii_case("sendPhoto") {
+                "photo"
+            } else {
+                "document"
+            };
+            let file = files.into_iter().find(|f| f.field == field);
+            if file.is_none() && string(params, field).is_none() {
+                return Err(ApiError::bad_request(&format!(
+                    "there is no {field} in the request"
+                )));
+            }
+            if file.as_ref().is_some_and(|f| f.size == 0) {
+                return Err(ApiError::bad_request("file must be non-empty"));
+            }
+            let caption = string(params, "caption").unwrap_or_default();
+            let name = if field == "photo" {
+                "sendPhoto"
+            } else {
+                "sendDocument"
+            };
+            let message = new_message(s, chat_id, name, caption, params, file, at);
+            Ok(message_json(bot_id, &message))
+        }
+        "getfile" => {
+            let file_id = string(params, "file_id")
+                .ok_or_else(|| ApiError::bad_request("file_id is empty"))?;
+            let file = s
+                .files
+                .get(&file_id)
+                .ok_or_else(|| ApiError::bad_request("invalid file_id"))?;
+            if file.bytes.len() > 20 * 1024 * 1024 {
+                return Err(ApiError::bad_request("file is too big"));
+            }
+            Ok(json!({
+                "file_id": file_id,
+                "file_unique_id": file.file_unique_id,
+                "file_size": file.bytes.len(),
+                "file_path": file.file_path,
+            }))
+        }
+        "answercallbackquery" => {
+            let id = string(params, "callback_query_id")
+                .ok_or_else(|| ApiError::bad_request("query_id is empty"))?;
+            s.callback_answers.push((id, string(params, "text")));
+            Ok(Value::Bool(true))
+        }
+        "deletemessage" => Ok(Value::Bool(true)),
+        _ => Err(ApiError::new(404, "Not Found")),
+    }
+}
+
+fn new_message(
+    s: &mut FakeState,
+    chat_id: i64,
+    method: &str,
+    text: String,
+    params: &Params,
+    file: Option<UploadedFile>,
+    at: Instant,
+) -> SentMessage {
+    let message = SentMessage {
+        message_id: s.next_message_id,
+        chat_id,
+        method: method.to_string(),
+        text,
+        parse_mode: string(params, "parse_mode"),
+        entities: json_field(params, "entities"),
+        reply_markup: json_field(params, "reply_markup"),
+        file,
+        edits: 0,
+        at,
+    };
+    s.next_message_id += 1;
+    s.messages.push(message.clone());
+    message
+}
+
+fn message_json(bot_id: i64, message: &SentMessage) -> Value {
+    let mut json = json!({
+        "message_id": message.message_id,
+        "date": updates::now_unix(),
+        "chat": updates::chat(message.chat_id),
+        "from": {"id": bot_id, "is_bot": true, "first_name": "Fake actorbot", "username": "fake_actorbot"},
+    });
+    let text_key = if message.method == "sendMessage" {
+        "text"
+    } else {
+        "caption"
+    };
+    if !message.text.is_empty() {
+        json[text_key] = Value::from(message.text.clone());
+    }
+    if message.edits > 0 {
+        json["edit_date"] = Value::from(updates::now_unix());
+    }
+    if let Some(file) = &message.file {
+        let described = json!({
+            "file_id": format!("BQAC-sent-{}", message.message_id),
+            "file_unique_id": format!("AgAD-sent-{}", message.message_id),
+            "file_size": file.size,
+        });
+        if message.method == "sendPhoto" {
+            json["photo"] = json!([described]);
+        } else {
+            let mut document = described;
+            document["file_name"] = json!(file.file_name);
+            document["mime_type"] = json!(file.content_type);
+            json["document"] = document;
+        }
+    }
+    json
+}
+
+fn set_webhook(s: &mut FakeState, params: &Params) -> ApiResult {
+    let url = string(params, "url").unwrap_or_default();
+    if url.is_empty() {
+        s.webhook = None;
+        return Ok(Value::Bool(true));
+    }
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(ApiError::bad_request("bad webhook: invalid URL"));
+    }
+    let max_connections = int(params, "max_connections").map(|n| n as u64);
+    if max_connections.is_some_and(|n| !(1..=100).contains(&n)) {
+        return Err(ApiError::bad_request(
+            "bad webhook: invalid max_connections",
+        ));
+    }
+    if let Some(secret) = string(params, "secret_token") {
+        let valid = (1..=256).contains(&secret.len())
+            && secret
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid {
+            return Err(ApiError::bad_request("bad webhook: invalid secret token"));
+        }
+    }
+    if boolean(params, "drop_pending_updates") {
+        s.queue.clear();
+    }
+    s.webhook = Some(WebhookInfo {
+        url,
+        secret_token: string(params, "secret_token"),
+        max_connections,
+        allowed_updates: string_list(params, "allowed_updates"),
+    });
+    Ok(Value::Bool(true))
+}
+
+/// Update kinds the Bot API knows; an unknown kind (injected by a test to
+/// stand for a future API version) is never filtered out.
+const KNOWN_KINDS: &[&str] = &[
+    "message",
+    "edited_message",
+    "channel_post",
+    "edited_channel_post",
+    "business_connection",
+    "business_message",
+    "edited_business_message",
+    "deleted_business_messages",
+    "message_reaction",
+    "message_reaction_count",
+    "inline_query",
+    "chosen_inline_result",
+    "callback_query",
+    "shipping_query",
+    "pre_checkout_query",
+    "purchased_paid_media",
+    "poll",
+    "poll_answer",
+    "my_chat_member",
+    "chat_member",
+    "chat_join_request",
+    "chat_boost",
+    "removed_chat_boost",
+];
+
+fn update_kind(update: &Value) -> Option<&str> {
+    update
+        .as_object()?
+        .keys()
+        .map(String::as_str)
+        .find(|k| *k != "update_id")
+}
+
+/// Long-polled getUpdates with Telegram's semantics: `offset` confirms
+/// every update below it; a newer call ends an older one with 409.
+async fn get_updates(shared: &Shared, params: &Params) -> ApiResult {
+    let offset = int(params, "offset").unwrap_or(0);
+    let limit = int(params, "limit").unwrap_or(100).clamp(1, 100) as usize;
+    let timeout = int(params, "timeout").unwrap_or(0).max(0) as u64;
+    let allowed = string_list(params, "allowed_updates");
+    let generation = shared.state.update(|s| {
+        if s.webhook.is_some() {
+            return Err(ApiError::new(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first",
+            ));
+        }
+        if offset > 0 {
+            while s.queue.front().is_some_and(|(id, _)| *id < offset) {
+                s.queue.pop_front();
+            }
+            s.confirmed_offset = s.confirmed_offset.max(offset);
+        } else if offset < 0 {
+            let keep = offset.unsigned_abs() as usize;
+            while s.queue.len() > keep {
+                s.queue.pop_front();
+            }
+        }
+        if !allowed.is_empty() {
+            s.queue.retain(|(_, update)| {
+                update_kind(update).is_none_or(|kind| {
+                    !KNOWN_KINDS.contains(&kind) || allowed.iter().any(|a| a == kind)
+                })
+            });
+        }
+        s.poll_generation += 1;
+        Ok(s.poll_generation)
+    })?;
+    let take = |s: &FakeState| -> Vec<Value> {
+        s.queue
+            .iter()
+            .filter(|(id, _)| *id >= offset)
+            .take(limit)
+            .map(|(_, update)| update.clone())
+            .collect()
+    };
+    let ready = shared.state.read(take);
+    if !ready.is_empty() || timeout == 0 {
+        return Ok(Value::Array(ready));
+    }
+    let _ = shared
+        .state
+        .until("updates", Duration::from_secs(timeout), |s| {
+            s.poll_generation != generation || s.queue.iter().any(|(id, _)| *id >= offset)
+        })
+        .await;
+    shared.state.read(|s| {
+        if s.poll_generation != generation {
+            Err(ApiError::new(
+                409,
+                "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
+            ))
+        } else {
+            Ok(Value::Array(take(s)))
+        }
+    })
+}
+
+async fn download(
+    path: web::Path<(String, String)>,
+    shared: web::Data<Arc<Shared>>,
+) -> HttpResponse {
+    let (token, file_path) = path.into_inner();
+    if token != shared.token {
+        return respond(Err(ApiError::new(401, "Unauthorized")));
+    }
+    let bytes = shared.state.read(|s| {
+        s.files
+            .values()
+            .find(|f| f.file_path == file_path)
+            .map(|f| f.bytes.clone())
+    });
+    match bytes {
+        Some(bytes) => HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .body(bytes),
+        None => respond(Err(ApiError::new(404, "Not Found"))),
+    }
+}
+
+/// Reads the parameters from the query string and the body, whichever
+/// encoding the body has; files in a multipart body come back separately.
+async fn read_params(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<(Params, Vec<UploadedFile>), String> {
+    let mut params = Params::new();
+    let query = web::Query::<HashMap<String, String>>::from_query(request.query_string())
+        .map_err(|e| format!("can't parse query string: {e}"))?;
+    for (key, value) in query.into_inner() {
+        params.insert(key, Value::String(value));
+    }
+    let content_type = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mut files = Vec::new();
+    if content_type.starts_with("multipart/form-data") {
+        let mut multipart = actix_multipart::Multipart::new(request.headers(), payload);
+        while let Some(field) = multipart.next().await {
+            let mut field = field.map_err(|e| format!("can't parse multipart body: {e}"))?;
+            let disposition = field.content_disposition().cloned();
+            let name = disposition
+                .as_ref()
+                .and_then(|d| d.get_name())
+                .unwrap_or_default()
+                .to_string();
+            let file_name = disposition
+                .as_ref()
+                .and_then(|d| d.get_filename())
+                .map(str::to_string);
+            let content_type = field.content_type().map(|m| m.to_string());
+            let mut bytes = Vec::new();
+            while let Some(chunk) = field.next().await {
+                bytes.extend_from_slice(&chunk.map_err(|e| format!("broken multipart: {e}"))?);
+            }
+            if file_name.is_some() {
+                files.push(UploadedFile {
+                    field: name,
+                    file_name,
+                    content_type,
+                    size: bytes.len(),
+                    bytes,
+                });
+            } else {
+                params.insert(
+                    name,
+                    Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+                );
+            }
+        }
+        return Ok((params, files));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        body.extend_from_slice(&chunk.map_err(|e| format!("can't read body: {e}"))?);
+    }
+    if body.is_empty() {
+        return Ok((params, files));
+    }
+    if content_type.starts_with("application/json") {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(object)) => params.extend(object),
+            _ => return Err("can't parse JSON object".into()),
+        }
+    } else if content_type.starts_with("application/x-www-form-urlencoded") {
+        let text = std::str::from_utf8(&body).map_err(|_| "body is not UTF-8".to_string())?;
+        let form = web::Query::<HashMap<String, String>>::from_query(text)
+            .map_err(|e| format!("can't parse form: {e}"))?;
+        for (key, value) in form.into_inner() {
+            params.insert(key, Value::String(value));
+        }
+    }
+    Ok((params, files))
+}
+
+fn int(params: &Params, key: &str) -> Option<i64> {
+    match params.get(key)? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn string(params: &Params, key: &str) -> Option<String> {
+    match params.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn boolean(params: &Params, key: &str) -> bool {
+    match params.get(key) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "true" || s == "1",
+        _ => false,
+    }
+}
+
+/// A structured parameter: JSON in a JSON body, a JSON string in a form.
+fn json_field(params: &Params, key: &str) -> Option<Value> {
+    match params.get(key)? {
+        Value::String(s) => serde_json::from_str(s).ok(),
+        Value::Null => None,
+        other => Some(other.clone()),
+    }
+}
+
+fn string_list(params: &Params, key: &str) -> Vec<String> {
+    json_field(params, key)
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
+fn require_chat(params: &Params) -> Result<i64, ApiError> {
+    int(params, "chat_id").ok_or_else(|| ApiError::bad_request("chat_id is empty"))
+}
+
+/// Delivers queued updates to the webhook, as Telegram does: POST with the
+/// secret header, up to `max_connections` at once, retried with backoff
+/// until the bot answers 2xx.
+pub(crate) async fn deliver_webhooks(shared: Arc<Shared>) {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let _ = shared
+            .state
+            .until("webhook work", Duration::from_secs(3600), |s| {
+                s.webhook.is_some() && !s.queue.is_empty()
+            })
+            .await;
+        let Some((hook, batch)) = shared.state.read(|s| {
+            let hook = s.webhook.clone()?;
+            let n = hook.max_connections.unwrap_or(40) as usize;
+            Some((hook, s.queue.iter().take(n).cloned().collect::<Vec<_>>()))
+        }) else {
+            continue;
+        };
+        let posts = batch.into_iter().map(|(id, update)| {
+            let mut request = client.post(&hook.url);
+            if let Some(secret) = &hook.secret_token {
+                request =
+                    request.insert_header(("X-Telegram-Bot-Api-Secret-Token", secret.as_str()));
+            }
+            async move {
+                match request.send_json(&update).await {
+                    Ok(response) if response.status().is_success() => Some(id),
+                    _ => None,
+                }
+            }
+        });
+        let delivered: Vec<i64> = futures_util::future::join_all(posts)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let all = shared.state.update(|s| {
+            let before = s.queue.len();
+            s.queue.retain(|(id, _)| !delivered.contains(id));
+            s.webhook_deliveries += delivered.len();
+            if let Some(max) = delivered.iter().max() {
+                s.confirmed_offset = s.confirmed_offset.max(max + 1);
+            }
+            before - s.queue.len()
+        });
+        if all == 0 {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        } else {
+            backoff = Duration::from_millis(50);
+        }
+    }
+}
+
+/// `POST /_fake/updates`: a raw update (its `update_id` is assigned), or
+/// `{"text": ..., "chat_id": ..., "from": ...}` for a text message.
+async fn control_inject(body: web::Json<Value>, shared: web::Data<Arc<Shared>>) -> HttpResponse {
+    let body = body.into_inner();
+    let update = match (
+        body.get("text").and_then(Value::as_str),
+        int_value(&body, "chat_id"),
+    ) {
+        (Some(text), Some(chat_id)) => {
+            let from = int_value(&body, "from").unwrap_or(chat_id);
+            let text = text.to_string();
+            shared.state.update(|s| {
+                let message_id = s.next_message_id;
+                s.next_message_id += 1;
+                s.push_update(updates::text_message(chat_id, from, message_id, &text))
+            })
+        }
+        _ => shared.state.update(|s| s.push_update(body)),
+    };
+    HttpResponse::Ok().json(json!({"update_id": update}))
+}
+
+fn int_value(value: &Value, key: &str) -> Option<i64> {
+    value.get(key).and_then(Value::as_i64)
+}
+
+/// `GET /_fake/messages?chat_id=N`: what the bot sent to a chat.
+async fn control_messages(
+    query: web::Query<HashMap<String, String>>,
+    shared: web::Data<Arc<Shared>>,
+) -> HttpResponse {
+    let chat_id = query.get("chat_id").and_then(|c| c.parse::<i64>().ok());
+    let messages = shared.state.read(|s| match chat_id {
+        Some(chat_id) => s.messages_to(chat_id),
+        None => s.messages.clone(),
+    });
+    HttpResponse::Ok().json(messages)
+}
+
+/// `GET /_fake/stats`: counters for load tools.
+async fn control_stats(shared: web::Data<Arc<Shared>>) -> HttpResponse {
+    let stats = shared.state.read(|s| {
+        json!({
+            "messages": s.messages.len(),
+            "drafts": s.drafts.len(),
+            "calls": s.calls.len(),
+            "rejected_429": s.rejected_429,
+            "unconfirmed": s.queue.len(),
+            "confirmed_offset": s.confirmed_offset,
+            "next_update_id": s.next_update_id,
+            "webhook_deliveries": s.webhook_deliveries,
+        })
+    });
+    HttpResponse::Ok().json(stats)
+}

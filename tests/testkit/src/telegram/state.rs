@@ -1,0 +1,442 @@
+//! Everything the fake Telegram knows: queued updates, what the bot sent,
+//! every call it made, scripted failures and the flood-limit buckets.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Telegram's flood limits, as the fake enforces them with 429 answers.
+#[derive(Clone, Debug)]
+pub struct FloodLimits {
+    /// Messages per second across all chats, and the burst above it.
+    pub global_per_second: f64,
+    pub global_burst: f64,
+    /// Messages per second to one private chat, and its burst.
+    pub private_per_second: f64,
+    pub private_burst: f64,
+    /// Messages per minute to one group, and its burst.
+    pub group_per_minute: f64,
+    pub group_burst: f64,
+}
+
+impl FloodLimits {
+    /// About 30 messages/s overall, 1/s per private chat with a burst of 3,
+    /// 20 per minute per group: the limits the Bot API documents.
+    pub fn telegram_default() -> Self {
+        FloodLimits {
+            global_per_second: 30.0,
+            global_burst: 30.0,
+            private_per_second: 1.0,
+            private_burst: 3.0,
+            group_per_minute: 20.0,
+            group_burst: 20.0,
+        }
+    }
+}
+
+/// Which calls a scripted failure applies to.
+#[derive(Clone, Debug, Default)]
+pub struct FailureMatch {
+    pub method: Option<String>,
+    pub chat: Option<i64>,
+}
+
+impl FailureMatch {
+    /// Any call.
+    pub fn any() -> Self {
+        FailureMatch::default()
+    }
+
+    /// Calls of one Bot API method (case-insensitive, as Telegram's are).
+    pub fn method(method: &str) -> Self {
+        FailureMatch {
+            method: Some(method.to_string()),
+            chat: None,
+        }
+    }
+
+    /// Only calls addressed to this chat.
+    pub fn chat(mut self, chat_id: i64) -> Self {
+        self.chat = Some(chat_id);
+        self
+    }
+
+    fn matches(&self, method: &str, chat_id: Option<i64>) -> bool {
+        self.method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && self.chat.is_none_or(|c| Some(c) == chat_id)
+    }
+}
+
+/// A scripted answer in place of the normal one, used once.
+#[derive(Clone, Debug)]
+pub enum Failure {
+    /// 429 with `parameters.retry_after`.
+    TooManyRequests { retry_after: u64 },
+    /// Any error status with its description, in Telegram's error shape.
+    Status { code: u16, description: String },
+    /// 400 with `parameters.migrate_to_chat_id`: the group became a supergroup.
+    MigrateToChat { chat_id: i64 },
+    /// The normal answer, but only after this long.
+    Delay(Duration),
+}
+
+/// One Bot API call the bot made.
+#[derive(Clone, Debug, Serialize)]
+pub struct Call {
+    pub method: String,
+    pub chat_id: Option<i64>,
+    pub status: u16,
+    #[serde(skip)]
+    pub at: Instant,
+}
+
+/// A file the bot uploaded with sendDocument or sendPhoto.
+#[derive(Clone, Debug, Serialize)]
+pub struct UploadedFile {
+    pub field: String,
+    pub file_name: Option<String>,
+    pub content_type: Option<String>,
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
+    pub size: usize,
+}
+
+/// A message the bot sent, as it stands now (edits apply to it).
+#[derive(Clone, Debug, Serialize)]
+pub struct SentMessage {
+    pub message_id: i64,
+    pub chat_id: i64,
+    /// `sendMessage`, `sendDocument` or `sendPhoto`.
+    pub method: String,
+    /// The text, or the caption of a document or photo.
+    pub text: String,
+    pub parse_mode: Option<String>,
+    pub entities: Option<Value>,
+    pub reply_markup: Option<Value>,
+    pub file: Option<UploadedFile>,
+    /// How many times editMessageText changed it.
+    pub edits: usize,
+    #[serde(skip)]
+    pub at: Instant,
+}
+
+/// One sendMessageDraft call.
+#[derive(Clone, Debug, Serialize)]
+pub struct Draft {
+    pub chat_id: i64,
+    pub draft_id: i64,
+    pub text: String,
+    #[serde(skip)]
+    pub at: Instant,
+}
+
+/// A command registered with setMyCommands.
+#[derive(Clone, Debug, Serialize)]
+pub struct BotCommand {
+    pub command: String,
+    pub description: String,
+}
+
+/// What setWebhook was last told.
+#[derive(Clone, Debug, Serialize)]
+pub struct WebhookInfo {
+    pub url: String,
+    pub secret_token: Option<String>,
+    pub max_connections: Option<u64>,
+    pub allowed_updates: Vec<String>,
+}
+
+/// A file the bot can fetch with getFile and download.
+#[derive(Clone, Debug)]
+pub(crate) struct StoredFile {
+    pub file_unique_id: String,
+    pub file_path: String,
+    pub bytes: Vec<u8>,
+}
+
+/// The fake's whole state; tests read it through [`super::FakeTelegram`]
+/// and in `wait_until` conditions.
+pub struct FakeState {
+    pub(crate) next_update_id: i64,
+    pub(crate) queue: VecDeque<(i64, Value)>,
+    pub(crate) confirmed_offset: i64,
+    pub(crate) poll_generation: u64,
+    pub(crate) next_message_id: i64,
+    pub(crate) messages: Vec<SentMessage>,
+    pub(crate) drafts: Vec<Draft>,
+    pub(crate) calls: Vec<Call>,
+    pub(crate) actions: Vec<(i64, String)>,
+    pub(crate) callback_answers: Vec<(String, Option<String>)>,
+    pub(crate) commands: Vec<BotCommand>,
+    pub(crate) webhook: Option<WebhookInfo>,
+    pub(crate) webhook_deliveries: usize,
+    pub(crate) failures: Vec<(FailureMatch, Failure)>,
+    pub(crate) files: HashMap<String, StoredFile>,
+    pub(crate) next_file: u64,
+    pub(crate) flood: Option<Flood>,
+    pub(crate) rejected_429: usize,
+    pub(crate) record_calls: bool,
+}
+
+impl FakeState {
+    pub(crate) fn new(flood_limits: Option<FloodLimits>, record_calls: bool) -> Self {
+        FakeState {
+            next_update_id: 100_000,
+            queue: VecDeque::new(),
+            confirmed_offset: 0,
+            poll_generation: 0,
+            next_message_id: 1,
+            messages: Vec::new(),
+            drafts: Vec::new(),
+            calls: Vec::new(),
+            actions: Vec::new(),
+            callback_answers: Vec::new(),
+            commands: Vec::new(),
+            webhook: None,
+            webhook_deliveries: 0,
+            failures: Vec::new(),
+            files: HashMap::new(),
+            next_file: 1,
+            flood: flood_limits.map(Flood::new),
+            rejected_429: 0,
+            record_calls,
+        }
+    }
+
+    /// The highest offset the bot has confirmed with getUpdates: every
+    /// update below it is acknowledged and gone.
+    pub fn confirmed_offset(&self) -> i64 {
+        self.confirmed_offset
+    }
+
+    /// Messages (and documents and photos) sent to a chat, in order.
+    pub fn messages_to(&self, chat_id: i64) -> Vec<SentMessage> {
+        self.messages
+            .iter()
+            .filter(|m| m.chat_id == chat_id)
+            .cloned()
+            .collect()
+    }
+
+    /// How many messages the bot has sent to all chats.
+    pub fn total_messages(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Drafts streamed to a chat, in order.
+    pub fn drafts_to(&self, chat_id: i64) -> Vec<Draft> {
+        self.drafts
+            .iter()
+            .filter(|d| d.chat_id == chat_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Chat actions ("typing", "upload_document") sent to a chat.
+    pub fn actions_to(&self, chat_id: i64) -> Vec<String> {
+        self.actions
+            .iter()
+            .filter(|(c, _)| *c == chat_id)
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+
+    /// Updates injected but not yet confirmed by the bot.
+    pub fn unconfirmed(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn calls(&self) -> &[Call] {
+        &self.calls
+    }
+
+    pub fn rejected_429(&self) -> usize {
+        self.rejected_429
+    }
+
+    pub(crate) fn push_update(&mut self, mut update: Value) -> i64 {
+        let id = self.next_update_id;
+        self.next_update_id += 1;
+        if let Some(object) = update.as_object_mut() {
+            object.insert("update_id".into(), Value::from(id));
+        }
+        self.queue.push_back((id, update));
+        id
+    }
+
+    /// Takes the scripted failure for this call, if one matches.
+    pub(crate) fn take_failure(&mut self, method: &str, chat_id: Option<i64>) -> Option<Failure> {
+        let index = self
+            .failures
+            .iter()
+            .position(|(m, _)| m.matches(method, chat_id))?;
+        Some(self.failures.remove(index).1)
+    }
+
+    pub(crate) fn record_call(
+        &mut self,
+        method: &str,
+        chat_id: Option<i64>,
+        status: u16,
+        at: Instant,
+    ) {
+        if status == 429 {
+            self.rejected_429 += 1;
+        }
+        if self.record_calls {
+            self.calls.push(Call {
+                method: method.to_string(),
+                chat_id,
+                status,
+                at,
+            });
+        }
+    }
+
+    pub(crate) fn store_file(&mut self, bytes: Vec<u8>, extension: &str) -> (String, String) {
+        let n = self.next_file;
+        self.next_file += 1;
+        let file_id = format!("AgAD-fake-file-{n:06}");
+        let unique = format!("AQAD-fake-unique-{n:06}");
+        self.files.insert(
+            file_id.clone(),
+            StoredFile {
+                file_unique_id: unique.clone(),
+                file_path: format!("files/file_{n}.{extension}"),
+                bytes,
+            },
+        );
+        (file_id, unique)
+    }
+}
+
+/// Token buckets for the flood limits.
+pub(crate) struct Flood {
+    limits: FloodLimits,
+    global: Bucket,
+    chats: HashMap<i64, Bucket>,
+}
+
+impl Flood {
+    fn new(limits: FloodLimits) -> Self {
+        let global = Bucket::new(limits.global_per_second, limits.global_burst);
+        Flood {
+            limits,
+            global,
+            chats: HashMap::new(),
+        }
+    }
+
+    /// Takes a token for a send to `chat_id`, or says how many whole
+    /// seconds to wait, as Telegram's `retry_after` does.
+    pub(crate) fn admit(&mut self, chat_id: i64, now: Instant) -> Result<(), u64> {
+        let limits = &self.limits;
+        let chat = self.chats.entry(chat_id).or_insert_with(|| {
+            if chat_id < 0 {
+                Bucket::new(limits.group_per_minute / 60.0, limits.group_burst)
+            } else {
+                Bucket::new(limits.private_per_second, limits.private_burst)
+            }
+        });
+        let chat_wait = chat.wait(now);
+        let global_wait = self.global.wait(now);
+        let wait = chat_wait.max(global_wait);
+        if wait > 0.0 {
+            return Err(wait.ceil().max(1.0) as u64);
+        }
+        chat.take();
+        self.global.take();
+        Ok(())
+    }
+}
+
+struct Bucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl Bucket {
+    fn new(rate: f64, capacity: f64) -> Self {
+        Bucket {
+            rate,
+            capacity: capacity.max(1.0),
+            tokens: capacity.max(1.0),
+            at: None,
+        }
+    }
+
+    /// Seconds until a token is available (0 when one is).
+    fn wait(&mut self, now: Instant) -> f64 {
+        if let Some(at) = self.at {
+            let elapsed = now.saturating_duration_since(at).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        }
+        self.at = Some(now);
+        // A sliver of tolerance for clock reading jitter between processes.
+        if self.tokens >= 0.99 {
+            0.0
+        } else {
+            (1.0 - self.tokens) / self.rate
+        }
+    }
+
+    fn take(&mut self) {
+        self.tokens -= 1.0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_chats_get_their_burst_then_one_per_second() {
+        let mut flood = Flood::new(FloodLimits::telegram_default());
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(flood.admit(7, t0), Ok(()));
+        }
+        assert_eq!(flood.admit(7, t0), Err(1));
+        assert_eq!(flood.admit(7, t0 + Duration::from_millis(1000)), Ok(()));
+        assert_eq!(flood.admit(8, t0), Ok(()), "other chats are not affected");
+    }
+
+    #[test]
+    fn groups_get_twenty_per_minute() {
+        let mut flood = Flood::new(FloodLimits::telegram_default());
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            assert_eq!(flood.admit(-100, t0), Ok(()));
+        }
+        assert_eq!(flood.admit(-100, t0), Err(3));
+    }
+
+    #[test]
+    fn the_global_limit_spans_chats() {
+        let mut flood = Flood::new(FloodLimits::telegram_default());
+        let t0 = Instant::now();
+        for chat in 0..30 {
+            assert_eq!(flood.admit(chat, t0), Ok(()));
+        }
+        assert_eq!(flood.admit(999, t0), Err(1));
+    }
+
+    #[test]
+    fn failures_match_method_and_chat_once() {
+        let mut state = FakeState::new(None, true);
+        state.failures.push((
+            FailureMatch::method("sendMessage").chat(5),
+            Failure::TooManyRequests { retry_after: 1 },
+        ));
+        assert!(state.take_failure("sendMessage", Some(6)).is_none());
+        assert!(state.take_failure("getMe", Some(5)).is_none());
+        assert!(state.take_failure("sendmessage", Some(5)).is_some());
+        assert!(state.take_failure("sendMessage", Some(5)).is_none());
+    }
+}
