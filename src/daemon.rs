@@ -1,27 +1,51 @@
 //! The daemon: builds the actor system, runs it, and shuts it down in order.
 //!
-//! Start: authorize with getMe (retrying while Telegram is unreachable, but
-//! giving up at once on a refused token), register the command list, start
-//! the outbox, the router, the HTTP server and then intake. Stop (SIGTERM or
-//! SIGINT): intake first, so nothing new comes in; then the router; then the
-//! outbox drains what is queued; then the HTTP server; all within
-//! `shutdown_timeout`.
+//! Start: open the database (migrating it), authorize with getMe (retrying
+//! while Telegram is unreachable, giving up at once on a refused token),
+//! register the command list, start the outbox, journal, sessions and
+//! router, replay what the inbox holds unfinished, then the cleanup
+//! scheduler, the HTTP server and last intake.
+//!
+//! Stop (SIGTERM or SIGINT), all within `shutdown_timeout`: intake first, so
+//! nothing new comes in and the last offset is confirmed; the sessions
+//! handle what they hold, save their state and stop; the outbox delivers
+//! what is queued; the journal writes the last done marks; then the HTTP
+//! server stops.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actorbot_actors::registry::{KeyedRegistry, RegistryConfig};
+use actorbot_actors::scheduler::Scheduler;
 use anyhow::{Context as _, bail};
 
 use crate::bot::commands;
+use crate::bot::ratelimit::RateLimits;
+use crate::cleanup;
 use crate::config::Config;
 use crate::http;
 use crate::intake::polling::{Poller, StopPolling};
-use crate::router::{Router, StopIntake};
+use crate::journal::{Flush, Journal};
+use crate::router::{Replay, Router, Sessions, StopIntake};
+use crate::session::{Session, SessionDeps};
+use crate::storage::Storage;
 use crate::telegram::outbox::{GetStats, Limits, Outbox};
 use crate::telegram::params::{DeleteWebhookParams, SetMyCommandsParams, SetWebhookParams};
+use crate::telegram::update::RawUpdate;
 use crate::telegram::{BotApi, Endpoint, Telegram, TelegramError};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let storage = Storage::open(&config)
+        .await
+        .context("cannot open the database")?;
+    log::info!("storage: {}", storage.describe());
+    let temp_dir = config.temp_dir();
+    std::fs::create_dir_all(&temp_dir)
+        .with_context(|| format!("cannot create {}", temp_dir.display()))?;
+
     let endpoint = Endpoint::new(&config);
     let api = endpoint.client();
     let me = authorize(&api).await?;
@@ -41,11 +65,58 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let outbox = Outbox::new(endpoint.clone(), Limits::from_config(&config)).start();
     let telegram = Telegram::new(outbox.clone());
-    let router = Router::new(telegram, username).start();
+    // The journal has a thread of its own: done marks are written as soon as
+    // replies are delivered, not after the outbox's next turn.
+    let journal_arbiter = Arbiter::new();
+    let journal_storage = storage.clone();
+    let journal = Journal::start_in_arbiter(&journal_arbiter.handle(), move |_| {
+        Journal::new(journal_storage)
+    });
+    let replies_in_flight = Arc::new(AtomicUsize::new(0));
+    let deps = Arc::new(SessionDeps {
+        storage: storage.clone(),
+        telegram: telegram.clone(),
+        journal: journal.clone(),
+        limits: RateLimits::from_config(&config),
+        bot_username: username,
+        stats_ttl: config.stats_cache_ttl(),
+        replies_in_flight: replies_in_flight.clone(),
+    });
+    let arbiters: Vec<Arbiter> = (0..config.user_arbiters())
+        .map(|_| Arbiter::new())
+        .collect();
+    let registry_config = RegistryConfig {
+        mailbox_capacity: config.user_mailbox_capacity,
+        ..RegistryConfig::new(config.user_state_timeout(), config.max_user_states)
+    };
+    let sessions: Sessions = KeyedRegistry::new(
+        registry_config,
+        arbiters.iter().map(Arbiter::handle).collect(),
+        move |chat_id: &i64| Session::new(*chat_id, deps.clone()),
+    );
+    let router = Router::new(sessions.clone(), journal.clone()).start();
+    replay(&storage, &router).await?;
+
+    let scheduler = Scheduler::new().start();
+    let cleanup = cleanup::schedule(&config, storage.clone());
+    if let Err(err) = scheduler.send(cleanup).await {
+        log::warn!("could not schedule the cleanup: {err}");
+    }
 
     let observed = http::Observed {
         outbox: outbox.clone(),
+        actors: vec![
+            ("router", router.clone().recipient()),
+            ("journal", journal.clone().recipient()),
+            ("outbox", outbox.clone().recipient()),
+            ("scheduler", scheduler.clone().recipient()),
+        ],
+        intake: Default::default(),
+        sessions: sessions.clone(),
+        storage: storage.clone(),
+        started,
     };
+    let intake_probe = observed.intake.clone();
     let server = http::server(&config, router.clone().recipient(), observed)
         .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
     let server_handle = server.handle();
@@ -75,30 +146,94 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         if let Err(err) = api.delete_webhook(&params).await {
             log::warn!("deleteWebhook failed, polling may conflict with a webhook: {err}");
         }
-        Some(
-            Poller::new(
-                endpoint.clone(),
-                router.clone().recipient(),
-                config.polling_timeout,
-                config.polling_limit,
-            )
-            .start(),
+        let poller = Poller::new(
+            endpoint.clone(),
+            router.clone().recipient(),
+            config.polling_timeout,
+            config.polling_limit,
         )
+        .start();
+        if let Ok(mut intake) = intake_probe.lock() {
+            *intake = Some(poller.clone().recipient());
+        }
+        Some(poller)
     };
 
     let signal = wait_for_signal().await;
     let deadline = Instant::now() + config.shutdown_timeout();
     log::info!("{signal} received, shutting down");
 
+    // Intake first: nothing new comes in, and the last offset is confirmed.
     if let Some(poller) = poller {
         let _ = tokio::time::timeout_at(deadline.into(), poller.send(StopPolling)).await;
     }
     let _ = router.send(StopIntake).await;
+    // Every session handles what is in its mailbox, then saves and stops.
+    if tokio::time::timeout_at(deadline.into(), sessions.shutdown())
+        .await
+        .is_err()
+    {
+        log::warn!("shutdown deadline reached while user states were being saved");
+    }
     drain_outbox(&outbox, deadline).await;
+    wait_for_replies(&replies_in_flight, deadline).await;
+    if tokio::time::timeout_at(deadline.into(), journal.send(Flush))
+        .await
+        .is_err()
+    {
+        log::warn!("shutdown deadline reached while the journal was being written");
+    }
     server_handle.stop(true).await;
     let _ = server_task.await;
+    for arbiter in arbiters.into_iter().chain([journal_arbiter]) {
+        arbiter.stop();
+        let _ = arbiter.join();
+    }
     log::info!("shutdown complete");
     Ok(())
+}
+
+/// Routes what the inbox holds but was never finished: updates taken
+/// before a crash. They go first, before intake starts.
+async fn replay(storage: &Storage, router: &Addr<Router>) -> anyhow::Result<()> {
+    let pending = storage
+        .inbox_pending()
+        .await
+        .context("cannot read the inbox")?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let updates: Vec<RawUpdate> = pending
+        .into_iter()
+        .filter_map(|row| {
+            let body = serde_json::from_str(&row.body).ok()?;
+            RawUpdate::from_value(body)
+        })
+        .collect();
+    log::info!(
+        "replaying {} updates taken before the last stop and not finished",
+        updates.len()
+    );
+    router
+        .send(Replay(updates))
+        .await
+        .context("the router is unavailable")?
+        .context("replay failed")?;
+    Ok(())
+}
+
+/// Waits until every posted reply has been delivered and marked done.
+async fn wait_for_replies(in_flight: &AtomicUsize, deadline: Instant) {
+    while in_flight.load(Ordering::SeqCst) > 0 {
+        if Instant::now() >= deadline {
+            log::warn!(
+                "shutdown deadline reached with {} replies undelivered",
+                in_flight.load(Ordering::SeqCst)
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// getMe until it answers. A refused token ends the start; anything else

@@ -5,12 +5,15 @@
 
 pub mod bot;
 pub mod bucket;
+pub mod cleanup;
 pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod intake;
+pub mod journal;
 pub mod logging;
 pub mod metrics;
 pub mod router;
+pub mod session;
 pub mod storage;
 pub mod telegram;

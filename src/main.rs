@@ -63,9 +63,19 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Migrate => {
-            eprintln!("actorbot: migrate: no storage configured in this build yet");
-            ExitCode::FAILURE
-        }
+        Command::Migrate => match actorbot::storage::migrate(&config) {
+            Ok((database, applied)) if applied.is_empty() => {
+                println!("{database}: up to date");
+                ExitCode::SUCCESS
+            }
+            Ok((database, applied)) => {
+                println!("{database}: applied {}", applied.join(", "));
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("actorbot: migrate: {err}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

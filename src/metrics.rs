@@ -8,8 +8,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
@@ -103,6 +103,55 @@ pub static QUEUE_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         IntGaugeVec::new(
             Opts::new("queue_depth", "Work waiting in an actor's queue"),
             &["actor"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Replies delivered, by kind (`command`, `text`, `rate_limit`, ...).
+pub static REPLIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new("replies_total", "Replies delivered to users"),
+            &["kind"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Per-user actors alive now.
+pub static USER_ACTORS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(IntGauge::new("user_actors", "Per-user actors alive").expect("valid metric"))
+});
+
+/// Per-user actors retired, by reason (`idle`, `evicted`), set at scrape time.
+pub static USER_ACTORS_RETIRED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new("user_actors_retired", "Per-user actors saved and stopped"),
+            &["reason"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Restarts of supervised actors and workers, by actor (set at scrape time).
+pub static RESTARTS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new("actor_restarts", "Restarts of supervised actors"),
+            &["actor"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Database pool connections, by state (`open`, `idle`, `max`).
+pub static DB_POOL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new("db_pool_connections", "Database pool connections"),
+            &["state"],
         )
         .expect("valid metric"),
     )

@@ -1,102 +1,99 @@
-//! The router: takes batches from intake and answers each update.
+//! The router: takes batches from intake, journals them, and hands each
+//! update to its chat's session.
 //!
-//! It parses every update on its own, so a malformed or unknown one is
-//! logged and skipped without touching the rest of the batch.
+//! A batch is answered ("taken") only once it is in the inbox and every new
+//! update in it sits in its session's mailbox: that answer is what lets
+//! polling confirm the offset or the webhook answer 200. Batches are handled
+//! one at a time, in order, so a chat's updates reach its session in order;
+//! when a session's mailbox is full the router waits, and intake with it.
+//!
+//! Updates that name no chat (an unknown kind, a malformed body) are logged
+//! and skipped here; they are still taken, so Telegram does not send them
+//! again.
+
+use std::collections::HashSet;
 
 use actix::prelude::*;
+use actorbot_actors::probe::{Health, Probe, Vitals};
+use actorbot_actors::registry::{KeyedRegistry, RouteError};
 
-use crate::bot::commands;
 use crate::intake::{HandoffError, Incoming};
-use crate::telegram::Telegram;
-use crate::telegram::types::Message;
+use crate::journal::{Journal, Record};
+use crate::metrics;
+use crate::session::{HandleUpdate, Session};
+use crate::storage::InboxRow;
 use crate::telegram::update::RawUpdate;
-use frankenstein::updates::UpdateContent;
 
 /// Stop taking updates (the answer to a batch becomes `ShuttingDown`).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StopIntake;
 
+/// Updates taken before a crash and never finished, from the inbox: routed
+/// without being journaled again.
+#[derive(Message)]
+#[rtype(result = "Result<(), HandoffError>")]
+pub struct Replay(pub Vec<RawUpdate>);
+
+pub type Sessions = KeyedRegistry<i64, Session>;
+
 pub struct Router {
-    telegram: Telegram,
-    bot_username: String,
+    sessions: Sessions,
+    journal: Addr<Journal>,
     stopping: bool,
+    vitals: Vitals,
 }
 
 impl Router {
-    pub fn new(telegram: Telegram, bot_username: String) -> Router {
+    pub fn new(sessions: Sessions, journal: Addr<Journal>) -> Router {
         Router {
-            telegram,
-            bot_username,
+            sessions,
+            journal,
             stopping: false,
+            vitals: Vitals::new(0),
         }
     }
+}
 
-    fn route(&mut self, update: RawUpdate, ctx: &mut Context<Self>) {
-        let parsed = match update.parse() {
-            Ok(parsed) => parsed,
-            Err(err) => {
-                crate::metrics::UPDATES_SKIPPED
-                    .with_label_values(&["malformed"])
-                    .inc();
+/// Splits a batch into updates with a chat and logs the rest as skipped.
+fn routable(batch: Vec<RawUpdate>) -> Vec<(i64, RawUpdate)> {
+    batch
+        .into_iter()
+        .filter_map(|update| match update.chat_id() {
+            Some(chat_id) => Some((chat_id, update)),
+            None => {
+                let reason = if update.parse().is_ok() {
+                    "unhandled"
+                } else {
+                    "malformed"
+                };
+                metrics::UPDATES_SKIPPED.with_label_values(&[reason]).inc();
+                let why = match update.parse() {
+                    Ok(_) => "it belongs to no chat".to_string(),
+                    Err(err) => err.to_string(),
+                };
                 log::warn!(
-                    "skipping update_id={} kind={}: {err}",
+                    "skipping update_id={} kind={}: {why}",
                     update.update_id,
                     update.kind()
                 );
-                return;
+                None
             }
-        };
-        match parsed.content {
-            UpdateContent::Message(message) => self.on_message(&update, &message, ctx),
-            _ => {
-                crate::metrics::UPDATES_SKIPPED
-                    .with_label_values(&["unhandled"])
-                    .inc();
-                log::debug!(
-                    "ignoring update_id={} kind={}",
-                    update.update_id,
-                    update.kind()
-                )
-            }
+        })
+        .collect()
+}
+
+/// Hands updates to their sessions in order, waiting for mailbox room.
+async fn dispatch(sessions: Sessions, updates: Vec<(i64, RawUpdate)>) -> Result<(), HandoffError> {
+    for (chat_id, update) in updates {
+        if let Err(RouteError::Closed(_) | RouteError::Full(_)) =
+            sessions.route(chat_id, HandleUpdate(update)).await
+        {
+            // Journaled already: replayed at the next start.
+            return Err(HandoffError::ShuttingDown);
         }
     }
-
-    fn on_message(&mut self, update: &RawUpdate, message: &Message, ctx: &mut Context<Self>) {
-        let (update_id, received) = (update.update_id, update.received);
-        let chat_id = message.chat.id;
-        let Some(text) = message.text.as_deref() else {
-            return;
-        };
-        let reply = match commands::parse(text, &self.bot_username) {
-            Some(command) => match command.name.as_str() {
-                "start" => {
-                    let name = message
-                        .from
-                        .as_ref()
-                        .map_or("there", |user| user.first_name.as_str());
-                    commands::start_text(name)
-                }
-                "help" => commands::help_text(),
-                other => commands::unknown_text(other),
-            },
-            None => return,
-        };
-        let telegram = self.telegram.clone();
-        ctx.spawn(
-            async move {
-                match telegram.send_text(chat_id, reply).await {
-                    Ok(_) => crate::metrics::REPLY_LATENCY
-                        .with_label_values(&["command"])
-                        .observe(received.elapsed().as_secs_f64()),
-                    Err(err) => {
-                        log::warn!("reply failed: update_id={update_id} chat_id={chat_id}: {err}")
-                    }
-                }
-            }
-            .into_actor(self),
-        );
-    }
+    Ok(())
 }
 
 impl Actor for Router {
@@ -108,16 +105,59 @@ impl Actor for Router {
 }
 
 impl Handler<Incoming> for Router {
-    type Result = Result<(), HandoffError>;
+    type Result = AtomicResponse<Self, Result<(), HandoffError>>;
 
-    fn handle(&mut self, msg: Incoming, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Incoming, _: &mut Self::Context) -> Self::Result {
+        self.vitals.active();
         if self.stopping {
-            return Err(HandoffError::ShuttingDown);
+            return AtomicResponse::new(Box::pin(fut::ready(Err(HandoffError::ShuttingDown))));
         }
-        for update in msg.0 {
-            self.route(update, ctx);
-        }
-        Ok(())
+        let updates = routable(msg.0);
+        let rows: Vec<InboxRow> = updates
+            .iter()
+            .map(|(chat_id, update)| InboxRow {
+                update_id: update.update_id,
+                chat_id: Some(*chat_id),
+                body: update.body.to_string(),
+            })
+            .collect();
+        let journal = self.journal.clone();
+        let sessions = self.sessions.clone();
+        let work = async move {
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let new: HashSet<i64> = journal
+                .send(Record(rows))
+                .await
+                .map_err(HandoffError::from)?
+                .map_err(|err| HandoffError::Unavailable(err.to_string()))?;
+            let fresh: Vec<_> = updates
+                .into_iter()
+                .filter(|(_, update)| {
+                    let is_new = new.contains(&update.update_id);
+                    if !is_new {
+                        metrics::UPDATES_SKIPPED
+                            .with_label_values(&["duplicate"])
+                            .inc();
+                        log::debug!("update_id={} is already journaled", update.update_id);
+                    }
+                    is_new
+                })
+                .collect();
+            dispatch(sessions, fresh).await
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self)))
+    }
+}
+
+impl Handler<Replay> for Router {
+    type Result = AtomicResponse<Self, Result<(), HandoffError>>;
+
+    fn handle(&mut self, msg: Replay, _: &mut Self::Context) -> Self::Result {
+        let updates = routable(msg.0);
+        let sessions = self.sessions.clone();
+        AtomicResponse::new(Box::pin(dispatch(sessions, updates).into_actor(self)))
     }
 }
 
@@ -126,5 +166,18 @@ impl Handler<StopIntake> for Router {
 
     fn handle(&mut self, _: StopIntake, _: &mut Self::Context) {
         self.stopping = true;
+    }
+}
+
+impl Handler<Probe> for Router {
+    type Result = MessageResult<Probe>;
+
+    fn handle(&mut self, _: Probe, _: &mut Self::Context) -> Self::Result {
+        let health = if self.stopping {
+            Health::Degraded("stopping".into())
+        } else {
+            Health::Healthy
+        };
+        MessageResult(self.vitals.report("router", health))
     }
 }

@@ -6,8 +6,17 @@
 use crate::telegram::types::BotCommand;
 
 /// Commands shown to every user.
-pub const COMMANDS: &[(&str, &str)] =
-    &[("start", "Start the bot"), ("help", "What the bot can do")];
+pub const COMMANDS: &[(&str, &str)] = &[
+    ("start", "Start the bot"),
+    ("help", "What the bot can do"),
+    ("stats", "Your own figures"),
+    ("reset", "Forget our conversation"),
+];
+
+/// The answer to a text that is not a command, while no assistant runs.
+pub const TEXT_HINT: &str = "I answer commands. Send /help to see them.";
+
+pub const RESET_TEXT: &str = "Done: I have forgotten our conversation. We start afresh.";
 
 pub fn bot_commands() -> Vec<BotCommand> {
     COMMANDS
@@ -59,6 +68,34 @@ pub fn unknown_text(name: &str) -> String {
     format!("I don't know the command /{name}. Send /help for the list.")
 }
 
+/// The user's own figures for /stats.
+pub fn stats_text(record: &crate::storage::UserRecord) -> String {
+    format!(
+        "Your figures:\nMessages: {}\nAI questions: {}\nReports: {}\nFirst seen: {}\nLast seen: {}",
+        record.messages,
+        record.ai_questions,
+        record.reports,
+        format_millis(record.first_seen),
+        format_millis(record.last_seen),
+    )
+}
+
+/// A time for people: `2026-11-24 12:45 UTC`.
+pub fn format_millis(millis: i64) -> String {
+    let nanos = i128::from(millis) * 1_000_000;
+    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute()
+        ),
+        Err(_) => "unknown".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +119,12 @@ mod tests {
         assert_eq!(parse("/start@otherbot", "actorbot"), None);
         assert_eq!(parse("hello /start", "actorbot"), None);
         assert_eq!(parse("/", "actorbot"), None);
+    }
+
+    #[test]
+    fn times_are_formatted_in_utc() {
+        assert_eq!(format_millis(0), "1970-01-01 00:00 UTC");
+        assert_eq!(format_millis(1_795_524_300_000), "2026-11-24 12:45 UTC");
     }
 
     #[test]

@@ -102,6 +102,15 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub redis_url: SecretUrl,
 
+    pub user_state_timeout: f64,
+    pub max_user_states: usize,
+    pub user_mailbox_capacity: usize,
+    pub user_arbiters: usize,
+    pub stats_cache_ttl: f64,
+    pub cleanup_interval: f64,
+    pub inbox_retention: f64,
+    pub temp_file_max_age: f64,
+
     pub admin_ids: Vec<i64>,
     pub max_concurrent_requests: usize,
     pub thread_pool_size: usize,
@@ -203,6 +212,11 @@ impl Config {
             ("telegram_private_rate", self.telegram_private_rate),
             ("telegram_group_per_minute", self.telegram_group_per_minute),
             ("anti_flood_window", self.anti_flood_window),
+            ("user_state_timeout", self.user_state_timeout),
+            ("stats_cache_ttl", self.stats_cache_ttl),
+            ("cleanup_interval", self.cleanup_interval),
+            ("inbox_retention", self.inbox_retention),
+            ("temp_file_max_age", self.temp_file_max_age),
         ] {
             if !(value.is_finite() && value > 0.0) {
                 return Err(invalid(name, "expected a positive number"));
@@ -219,6 +233,8 @@ impl Config {
             ("db_pool_max_size", self.db_pool_max_size as usize),
             ("rate_limit_per_user", self.rate_limit_per_user as usize),
             ("anti_flood_messages", self.anti_flood_messages as usize),
+            ("max_user_states", self.max_user_states),
+            ("user_mailbox_capacity", self.user_mailbox_capacity),
         ] {
             if value == 0 {
                 return Err(invalid(name, "expected a positive integer"));
@@ -284,6 +300,40 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.shutdown_timeout)
+    }
+
+    pub fn user_state_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.user_state_timeout)
+    }
+
+    pub fn stats_cache_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.stats_cache_ttl)
+    }
+
+    pub fn cleanup_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.cleanup_interval)
+    }
+
+    pub fn inbox_retention(&self) -> Duration {
+        Duration::from_secs_f64(self.inbox_retention)
+    }
+
+    pub fn temp_file_max_age(&self) -> Duration {
+        Duration::from_secs_f64(self.temp_file_max_age)
+    }
+
+    /// Where temporary files live; the cleanup sweeps it.
+    pub fn temp_dir(&self) -> PathBuf {
+        self.data_dir.join("tmp")
+    }
+
+    /// Event-loop threads for the user actors.
+    pub fn user_arbiters(&self) -> usize {
+        if self.user_arbiters > 0 {
+            self.user_arbiters
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
     }
 
     pub fn webhook_enabled(&self) -> bool {

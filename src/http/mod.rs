@@ -2,19 +2,84 @@
 //!
 //! It listens on `HTTP_ADDR`, loopback by default. Signals are left to the
 //! daemon, which decides the order of a shutdown.
+//!
+//! - `GET /health`: every actor probed under a deadline and the database
+//!   pinged; 200 when all answer and none is unhealthy, else 503. JSON.
+//! - `GET /actors`: the supervision tree with each actor's probe figures;
+//!   the per-user actors appear as one node with their count and totals.
+//! - `GET /metrics`: Prometheus text.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix::{Addr, Recipient};
 use actix_web::{App, HttpResponse, HttpServer, dev::Server, web};
+use actorbot_actors::probe::{Health, Probe, ProbeReport, probe_all};
+use serde_json::json;
 
 use crate::config::Config;
 use crate::intake::Incoming;
 use crate::intake::webhook::{self, WebhookState};
+use crate::metrics;
+use crate::router::Sessions;
+use crate::storage::Storage;
 use crate::telegram::outbox::{GetStats, Outbox};
+
+/// How long a probed actor may take to answer before it counts as unhealthy.
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(1);
+const DB_DEADLINE: Duration = Duration::from_secs(2);
 
 /// What the operator endpoints read from.
 #[derive(Clone)]
 pub struct Observed {
     pub outbox: Addr<Outbox>,
+    /// Top-level actors by name, in the order they are shown.
+    pub actors: Vec<(&'static str, Recipient<Probe>)>,
+    /// The intake actor, once it runs (the webhook has none).
+    pub intake: Arc<Mutex<Option<Recipient<Probe>>>>,
+    pub sessions: Sessions,
+    pub storage: Storage,
+    pub started: Instant,
+}
+
+impl Observed {
+    /// Probes every actor; the sessions' registry answers for its children.
+    pub async fn probe(&self) -> Vec<ProbeReport> {
+        let mut targets: Vec<(String, Recipient<Probe>)> = Vec::new();
+        if let Some(intake) = self.intake.lock().ok().and_then(|i| i.clone()) {
+            targets.push(("intake".into(), intake));
+        }
+        targets.extend(self.actors.iter().map(|(n, r)| (n.to_string(), r.clone())));
+        let mut reports = probe_all(targets, PROBE_DEADLINE).await;
+        let sessions = self.sessions.report("sessions");
+        let router = reports.iter_mut().find(|r| r.name == "router");
+        match router {
+            Some(router) => router.children.push(sessions),
+            None => reports.push(sessions),
+        }
+        reports
+    }
+
+    /// The database's state: a ping under a deadline.
+    pub async fn database(&self) -> (Health, serde_json::Value) {
+        let pool = self.storage.pool_state();
+        let ping = tokio::time::timeout(DB_DEADLINE, self.storage.ping()).await;
+        let (health, latency) = match ping {
+            Ok(Ok(latency)) => (Health::Healthy, Some(latency.as_secs_f64() * 1000.0)),
+            Ok(Err(err)) => (Health::Unhealthy(err.to_string()), None),
+            Err(_) => (
+                Health::Unhealthy(format!("no answer within {DB_DEADLINE:?}")),
+                None,
+            ),
+        };
+        let figures = json!({
+            "backend": self.storage.backend(),
+            "health": health,
+            "latency_ms": latency,
+            "pool": {"open": pool.connections, "idle": pool.idle, "max": pool.max},
+        });
+        (health, figures)
+    }
 }
 
 pub fn server(
@@ -35,7 +100,8 @@ pub fn server(
         let mut app = App::new()
             .app_data(web::Data::new(observed.clone()))
             .route("/health", web::get().to(health))
-            .route("/metrics", web::get().to(metrics));
+            .route("/actors", web::get().to(actors))
+            .route("/metrics", web::get().to(metrics_text));
         if let Some((path, state)) = &webhook {
             app = app
                 .app_data(state.clone())
@@ -52,17 +118,96 @@ pub fn server(
     Ok(server)
 }
 
-async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+fn worst<'a>(reports: impl IntoIterator<Item = &'a ProbeReport>) -> Health {
+    reports.into_iter().fold(Health::Healthy, |acc, report| {
+        let children = worst(&report.children);
+        acc.worst(report.health.clone()).worst(children)
+    })
 }
 
-async fn metrics(observed: web::Data<Observed>) -> HttpResponse {
+fn status_word(health: &Health) -> &'static str {
+    match health {
+        Health::Healthy => "ok",
+        Health::Degraded(_) => "degraded",
+        Health::Unhealthy(_) => "unhealthy",
+    }
+}
+
+async fn health(observed: web::Data<Observed>) -> HttpResponse {
+    let (reports, (db_health, db)) = tokio::join!(observed.probe(), observed.database());
+    let overall = worst(&reports).worst(db_health);
+    let actors: Vec<_> = flatten(&reports)
+        .into_iter()
+        .map(|r| json!({"name": r.name, "health": r.health}))
+        .collect();
+    let body = json!({
+        "status": status_word(&overall),
+        "uptime_s": observed.started.elapsed().as_secs(),
+        "actors": actors,
+        "dependencies": {"database": db},
+    });
+    let mut response = match overall {
+        Health::Unhealthy(_) => HttpResponse::ServiceUnavailable(),
+        _ => HttpResponse::Ok(),
+    };
+    response.json(body)
+}
+
+fn flatten(reports: &[ProbeReport]) -> Vec<&ProbeReport> {
+    let mut all = Vec::new();
+    for report in reports {
+        all.push(report);
+        all.extend(flatten(&report.children));
+    }
+    all
+}
+
+async fn actors(observed: web::Data<Observed>) -> HttpResponse {
+    let reports = observed.probe().await;
+    let health = worst(&reports);
+    let mut root = ProbeReport::new("actorbot", health)
+        .detail("uptime_s", observed.started.elapsed().as_secs());
+    root.children = reports;
+    HttpResponse::Ok().json(root)
+}
+
+async fn metrics_text(observed: web::Data<Observed>) -> HttpResponse {
     if let Ok(stats) = observed.outbox.send(GetStats).await {
-        crate::metrics::QUEUE_DEPTH
+        metrics::QUEUE_DEPTH
             .with_label_values(&["outbox"])
             .set(stats.queued as i64);
     }
+    let sessions = observed.sessions.stats();
+    metrics::QUEUE_DEPTH
+        .with_label_values(&["sessions"])
+        .set(sessions.queued as i64);
+    metrics::USER_ACTORS_RETIRED
+        .with_label_values(&["idle"])
+        .set(sessions.expired as i64);
+    metrics::USER_ACTORS_RETIRED
+        .with_label_values(&["evicted"])
+        .set(sessions.evicted as i64);
+    for report in observed.probe().await {
+        metrics::RESTARTS
+            .with_label_values(&[report.name.as_str()])
+            .set(report.restarts as i64);
+        if let Some(mailbox) = report.mailbox {
+            metrics::QUEUE_DEPTH
+                .with_label_values(&[report.name.as_str()])
+                .set(mailbox.depth as i64);
+        }
+    }
+    let pool = observed.storage.pool_state();
+    metrics::DB_POOL
+        .with_label_values(&["open"])
+        .set(i64::from(pool.connections));
+    metrics::DB_POOL
+        .with_label_values(&["idle"])
+        .set(i64::from(pool.idle));
+    metrics::DB_POOL
+        .with_label_values(&["max"])
+        .set(i64::from(pool.max));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(crate::metrics::render())
+        .body(metrics::render())
 }

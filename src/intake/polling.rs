@@ -14,6 +14,8 @@ use actix::prelude::*;
 use rand::Rng;
 use tokio::sync::oneshot;
 
+use actorbot_actors::probe::{Health, Probe, ProbeReport};
+
 use super::{HandoffError, Incoming, allowed_updates};
 use crate::telegram::params::GetUpdatesParams;
 use crate::telegram::update::RawUpdate;
@@ -44,6 +46,7 @@ pub struct Poller {
     timeout: u32,
     limit: u32,
     failures: u32,
+    batches: u64,
     stage: Stage,
     current: Option<SpawnHandle>,
     stopping: Vec<oneshot::Sender<()>>,
@@ -59,6 +62,7 @@ impl Poller {
             timeout,
             limit,
             failures: 0,
+            batches: 0,
             stage: Stage::Waiting,
             current: None,
             stopping: Vec::new(),
@@ -132,6 +136,7 @@ impl Poller {
         .into_actor(self)
         .map(move |(updates, result), act, ctx| match result {
             Ok(()) => {
+                act.batches += 1;
                 act.offset = Some(max_id + 1);
                 if act.stopping.is_empty() {
                     act.poll(ctx);
@@ -255,6 +260,34 @@ impl Handler<StopPolling> for Poller {
         Box::pin(async move {
             let _ = rx.await;
         })
+    }
+}
+
+impl Handler<Probe> for Poller {
+    type Result = MessageResult<Probe>;
+
+    fn handle(&mut self, _: Probe, _: &mut Self::Context) -> Self::Result {
+        let health = match self.stage {
+            Stage::Stopped => Health::Unhealthy("stopped".into()),
+            _ if self.failures >= 3 => Health::Degraded(format!(
+                "getUpdates failed {} times in a row",
+                self.failures
+            )),
+            _ => Health::Healthy,
+        };
+        let stage = match self.stage {
+            Stage::Polling => "polling",
+            Stage::HandingOff => "handing off",
+            Stage::Waiting => "waiting",
+            Stage::Stopped => "stopped",
+        };
+        let mut report = ProbeReport::new("intake", health)
+            .detail("mode", "long polling")
+            .detail("stage", stage)
+            .detail("offset", self.offset)
+            .detail("failures_in_a_row", self.failures);
+        report.handled = self.batches;
+        MessageResult(report)
     }
 }
 

@@ -1,1 +1,582 @@
-//! Storage (being written).
+//! Storage: diesel over an r2d2 pool, SQLite embedded or PostgreSQL.
+//!
+//! One schema serves both backends (`migrations/`, applied at every start
+//! and by `actorbot migrate`). Queries are written once with diesel's DSL and
+//! compiled for each backend by [`with_conn!`], so the two cannot drift.
+//!
+//! Every database call blocks, so every public operation here is `async` and
+//! runs on Tokio's blocking threads: an actor awaiting one never stalls its
+//! event loop. Errors never carry the database password.
+
+mod models;
+mod schema;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use thiserror::Error;
+
+use models::NewInbox;
+pub use models::{InboxRow, JobRow, NewJob, Turn, UserRecord, job_status};
+use schema::{ai_turns, inbox, jobs, users};
+
+use crate::config::Config;
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// How long a caller waits for a free pooled connection.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Milliseconds since the Unix epoch: how times are stored.
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("cannot connect to the {backend} database at {target}: {message}")]
+    Connect {
+        backend: &'static str,
+        target: String,
+        message: String,
+    },
+    #[error("no database connection available: {0}")]
+    Pool(String),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+impl From<diesel::r2d2::PoolError> for StorageError {
+    fn from(err: diesel::r2d2::PoolError) -> Self {
+        StorageError::Pool(err.to_string())
+    }
+}
+
+type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
+type PgPool = Pool<ConnectionManager<PgConnection>>;
+
+enum Pools {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$conn` bound to a pooled connection of whichever
+/// backend is configured; the body is compiled once per backend.
+macro_rules! with_conn {
+    ($pools:expr, |$conn:ident| $body:expr) => {
+        match $pools {
+            Pools::Sqlite(pool) => {
+                let $conn: &mut SqliteConnection = &mut *pool.get()?;
+                $body
+            }
+            Pools::Postgres(pool) => {
+                let $conn: &mut PgConnection = &mut *pool.get()?;
+                $body
+            }
+        }
+    };
+}
+
+/// The figures of the connection pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PoolState {
+    pub connections: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+/// The database, shared by every actor. Cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    pools: Arc<Pools>,
+    description: Arc<str>,
+}
+
+/// SQLite settings for a daemon with many writers: WAL lets readers run
+/// during a write, and a busy timeout waits out a writer instead of failing.
+#[derive(Debug, Clone, Copy)]
+struct SqliteSetup;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(
+            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
+             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// Where the database is: a SQLite file or a PostgreSQL URL.
+enum Target {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+fn target(config: &Config) -> Target {
+    let url = config.database_url.expose();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Target::Postgres(url.to_string())
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        Target::Sqlite(PathBuf::from(path))
+    } else if url.is_empty() {
+        Target::Sqlite(config.data_dir.join("actorbot.sqlite3"))
+    } else {
+        Target::Sqlite(PathBuf::from(url))
+    }
+}
+
+impl Storage {
+    /// Connects, applies pending migrations and returns the storage.
+    pub async fn open(config: &Config) -> Result<Storage, StorageError> {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Storage::open_blocking(&config))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))?
+    }
+
+    /// [`Storage::open`] for callers outside a runtime.
+    pub fn open_blocking(config: &Config) -> Result<Storage, StorageError> {
+        let storage = Storage::connect(config)?;
+        let applied = storage.migrate_blocking()?;
+        if !applied.is_empty() {
+            log::info!("applied migrations: {}", applied.join(", "));
+        }
+        Ok(storage)
+    }
+
+    /// Builds the pool without touching the schema.
+    fn connect(config: &Config) -> Result<Storage, StorageError> {
+        let min = config.db_pool_min_size;
+        let max = config.db_pool_max_size.max(1);
+        let (pools, description) = match target(config) {
+            Target::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| StorageError::Connect {
+                        backend: "sqlite",
+                        target: dir.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+                }
+                let manager = ConnectionManager::<SqliteConnection>::new(path.to_string_lossy());
+                let pool = Pool::builder()
+                    .min_idle(Some(min.min(max)))
+                    .max_size(max)
+                    .connection_timeout(CHECKOUT_TIMEOUT)
+                    .connection_customizer(Box::new(SqliteSetup))
+                    .build(manager)
+                    .map_err(|e| StorageError::Connect {
+                        backend: "sqlite",
+                        target: path.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+                (Pools::Sqlite(pool), format!("sqlite at {}", path.display()))
+            }
+            Target::Postgres(url) => {
+                let redacted = config.database_url.redacted();
+                let manager = ConnectionManager::<PgConnection>::new(url);
+                let pool = Pool::builder()
+                    .min_idle(Some(min.min(max)))
+                    .max_size(max)
+                    .connection_timeout(CHECKOUT_TIMEOUT)
+                    .build(manager)
+                    .map_err(|e| StorageError::Connect {
+                        backend: "postgres",
+                        target: redacted.clone(),
+                        message: e.to_string(),
+                    })?;
+                (Pools::Postgres(pool), format!("postgres at {redacted}"))
+            }
+        };
+        Ok(Storage {
+            pools: Arc::new(pools),
+            description: format!("{description}, pool {min}..{max}").into(),
+        })
+    }
+
+    /// Applies pending migrations; returns the names of those applied.
+    pub fn migrate_blocking(&self) -> Result<Vec<String>, StorageError> {
+        let applied = with_conn!(&*self.pools, |conn| conn
+            .run_pending_migrations(MIGRATIONS)
+            .map_err(|e| StorageError::Migration(e.to_string()))?
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>());
+        Ok(applied)
+    }
+
+    /// Which backend, and where (password hidden).
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match &*self.pools {
+            Pools::Sqlite(_) => "sqlite",
+            Pools::Postgres(_) => "postgres",
+        }
+    }
+
+    pub fn pool_state(&self) -> PoolState {
+        let (state, max) = match &*self.pools {
+            Pools::Sqlite(pool) => (pool.state(), pool.max_size()),
+            Pools::Postgres(pool) => (pool.state(), pool.max_size()),
+        };
+        PoolState {
+            connections: state.connections,
+            idle: state.idle_connections,
+            max,
+        }
+    }
+
+    /// Runs blocking database work off the event loop.
+    async fn blocking<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Pools) -> Result<T, StorageError> + Send + 'static,
+    {
+        let pools = Arc::clone(&self.pools);
+        tokio::task::spawn_blocking(move || work(&pools))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))?
+    }
+
+    /// A round trip to the database.
+    pub async fn ping(&self) -> Result<Duration, StorageError> {
+        self.blocking(|pools| {
+            let started = Instant::now();
+            with_conn!(pools, |conn| conn.batch_execute("SELECT 1")?);
+            Ok(started.elapsed())
+        })
+        .await
+    }
+
+    // --- inbox ----------------------------------------------------------------
+
+    /// Journals updates in one transaction; answers the ids that were not
+    /// there before.
+    pub async fn inbox_insert_new(
+        &self,
+        rows: Vec<InboxRow>,
+    ) -> Result<HashSet<i64>, StorageError> {
+        self.blocking(move |pools| {
+            let now = now_millis();
+            with_conn!(pools, |conn| conn.transaction(|conn| {
+                let mut new = HashSet::with_capacity(rows.len());
+                for row in &rows {
+                    let inserted = diesel::insert_into(inbox::table)
+                        .values(NewInbox {
+                            update_id: row.update_id,
+                            chat_id: row.chat_id,
+                            body: &row.body,
+                            received_at: now,
+                        })
+                        .on_conflict_do_nothing()
+                        .execute(conn)?;
+                    if inserted > 0 {
+                        new.insert(row.update_id);
+                    }
+                }
+                Ok::<_, StorageError>(new)
+            }))
+        })
+        .await
+    }
+
+    /// Marks updates answered.
+    pub async fn inbox_mark_done(&self, update_ids: Vec<i64>) -> Result<(), StorageError> {
+        self.blocking(move |pools| {
+            let now = now_millis();
+            with_conn!(pools, |conn| conn.transaction(|conn| {
+                for chunk in update_ids.chunks(500) {
+                    diesel::update(inbox::table.filter(inbox::update_id.eq_any(chunk)))
+                        .set(inbox::done_at.eq(now))
+                        .execute(conn)?;
+                }
+                Ok::<_, StorageError>(())
+            }))
+        })
+        .await
+    }
+
+    /// Updates journaled and not answered, oldest first.
+    pub async fn inbox_pending(&self) -> Result<Vec<InboxRow>, StorageError> {
+        self.blocking(|pools| {
+            let rows: Vec<(i64, Option<i64>, String)> = with_conn!(pools, |conn| inbox::table
+                .filter(inbox::done_at.is_null())
+                .order(inbox::update_id)
+                .select((inbox::update_id, inbox::chat_id, inbox::body))
+                .load(conn)?);
+            Ok(rows
+                .into_iter()
+                .map(|(update_id, chat_id, body)| InboxRow {
+                    update_id,
+                    chat_id,
+                    body,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    pub async fn inbox_is_done(&self, update_id: i64) -> Result<bool, StorageError> {
+        self.blocking(move |pools| {
+            let done: Option<Option<i64>> = with_conn!(pools, |conn| inbox::table
+                .find(update_id)
+                .select(inbox::done_at)
+                .first(conn)
+                .optional()?);
+            Ok(matches!(done, Some(Some(_))))
+        })
+        .await
+    }
+
+    /// Deletes answered rows older than `older_than` (Unix ms).
+    pub async fn inbox_purge_done(&self, older_than: i64) -> Result<usize, StorageError> {
+        self.blocking(move |pools| {
+            Ok(with_conn!(pools, |conn| diesel::delete(
+                inbox::table.filter(inbox::done_at.lt(older_than))
+            )
+            .execute(conn)?))
+        })
+        .await
+    }
+
+    /// `(pending, done)` row counts.
+    pub async fn inbox_stats(&self) -> Result<(i64, i64), StorageError> {
+        self.blocking(|pools| {
+            with_conn!(pools, |conn| {
+                let pending = inbox::table
+                    .filter(inbox::done_at.is_null())
+                    .count()
+                    .get_result(conn)?;
+                let done = inbox::table
+                    .filter(inbox::done_at.is_not_null())
+                    .count()
+                    .get_result(conn)?;
+                Ok((pending, done))
+            })
+        })
+        .await
+    }
+
+    // --- users ----------------------------------------------------------------
+
+    pub async fn user_load(&self, user_id: i64) -> Result<Option<UserRecord>, StorageError> {
+        self.blocking(move |pools| {
+            Ok(with_conn!(pools, |conn| users::table
+                .find(user_id)
+                .select(UserRecord::as_select())
+                .first(conn)
+                .optional()?))
+        })
+        .await
+    }
+
+    /// Inserts or replaces records, in one transaction.
+    pub async fn users_save(&self, records: Vec<UserRecord>) -> Result<(), StorageError> {
+        self.blocking(move |pools| {
+            with_conn!(pools, |conn| conn.transaction(|conn| {
+                for record in &records {
+                    diesel::insert_into(users::table)
+                        .values(record)
+                        .on_conflict(users::user_id)
+                        .do_update()
+                        .set(record)
+                        .execute(conn)?;
+                }
+                Ok::<_, StorageError>(())
+            }))
+        })
+        .await
+    }
+
+    pub async fn users_count(&self) -> Result<i64, StorageError> {
+        self.blocking(|pools| {
+            Ok(with_conn!(pools, |conn| users::table
+                .count()
+                .get_result(conn)?))
+        })
+        .await
+    }
+
+    /// Users seen since `since` (Unix ms).
+    pub async fn users_active_since(&self, since: i64) -> Result<i64, StorageError> {
+        self.blocking(move |pools| {
+            Ok(with_conn!(pools, |conn| users::table
+                .filter(users::last_seen.ge(since))
+                .count()
+                .get_result(conn)?))
+        })
+        .await
+    }
+
+    // --- AI conversation ----------------------------------------------------
+
+    /// The last `limit` turns of a user, oldest first.
+    pub async fn turns_recent(&self, user_id: i64, limit: i64) -> Result<Vec<Turn>, StorageError> {
+        self.blocking(move |pools| {
+            let mut turns: Vec<Turn> = with_conn!(pools, |conn| ai_turns::table
+                .filter(ai_turns::user_id.eq(user_id))
+                .order(ai_turns::seq.desc())
+                .limit(limit)
+                .select(Turn::as_select())
+                .load(conn)?);
+            turns.reverse();
+            Ok(turns)
+        })
+        .await
+    }
+
+    /// Appends a turn. A user's turns are written by that user's session
+    /// only, so the next number cannot race.
+    pub async fn turn_push(
+        &self,
+        user_id: i64,
+        question: String,
+        answer: String,
+    ) -> Result<(), StorageError> {
+        self.blocking(move |pools| {
+            with_conn!(pools, |conn| conn.transaction(|conn| {
+                let last: Option<i64> = ai_turns::table
+                    .filter(ai_turns::user_id.eq(user_id))
+                    .select(diesel::dsl::max(ai_turns::seq))
+                    .first(conn)?;
+                diesel::insert_into(ai_turns::table)
+                    .values(Turn {
+                        user_id,
+                        seq: last.unwrap_or(0) + 1,
+                        question,
+                        answer,
+                        created_at: now_millis(),
+                    })
+                    .execute(conn)?;
+                Ok::<_, StorageError>(())
+            }))
+        })
+        .await
+    }
+
+    /// Forgets a user's conversation; answers how many turns went.
+    pub async fn turns_clear(&self, user_id: i64) -> Result<usize, StorageError> {
+        self.blocking(move |pools| {
+            Ok(with_conn!(pools, |conn| diesel::delete(
+                ai_turns::table.filter(ai_turns::user_id.eq(user_id))
+            )
+            .execute(conn)?))
+        })
+        .await
+    }
+
+    // --- jobs -----------------------------------------------------------------
+
+    /// Records a job as queued; answers its id (ids grow with time).
+    pub async fn job_insert(&self, job: NewJob) -> Result<i64, StorageError> {
+        self.blocking(move |pools| {
+            let now = now_millis();
+            let id = next_job_id(now);
+            let row = JobRow {
+                id,
+                kind: job.kind,
+                user_id: job.user_id,
+                chat_id: job.chat_id,
+                priority: job.priority,
+                payload: job.payload,
+                status: job_status::QUEUED.into(),
+                attempts: 0,
+                created_at: now,
+                updated_at: now,
+                error: None,
+            };
+            with_conn!(pools, |conn| diesel::insert_into(jobs::table)
+                .values(&row)
+                .execute(conn)?);
+            Ok(id)
+        })
+        .await
+    }
+
+    /// Jobs queued or running (a restart resumes them), by priority then age.
+    pub async fn jobs_unfinished(&self) -> Result<Vec<JobRow>, StorageError> {
+        self.blocking(|pools| {
+            Ok(with_conn!(pools, |conn| jobs::table
+                .filter(jobs::status.eq_any([job_status::QUEUED, job_status::RUNNING]))
+                .order((jobs::priority.asc(), jobs::id.asc()))
+                .select(JobRow::as_select())
+                .load(conn)?))
+        })
+        .await
+    }
+
+    pub async fn job_update(
+        &self,
+        id: i64,
+        status: &'static str,
+        attempts: i32,
+        error: Option<String>,
+    ) -> Result<(), StorageError> {
+        self.blocking(move |pools| {
+            with_conn!(pools, |conn| diesel::update(jobs::table.find(id))
+                .set((
+                    jobs::status.eq(status),
+                    jobs::attempts.eq(attempts),
+                    jobs::error.eq(error),
+                    jobs::updated_at.eq(now_millis()),
+                ))
+                .execute(conn)?);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes finished jobs last updated before `older_than` (Unix ms).
+    pub async fn jobs_purge_finished(&self, older_than: i64) -> Result<usize, StorageError> {
+        self.blocking(move |pools| {
+            Ok(with_conn!(pools, |conn| diesel::delete(
+                jobs::table
+                    .filter(jobs::status.eq_any([job_status::DONE, job_status::FAILED]))
+                    .filter(jobs::updated_at.lt(older_than))
+            )
+            .execute(conn)?))
+        })
+        .await
+    }
+}
+
+/// Job ids: milliseconds shifted left, plus a counter for ids made in the
+/// same millisecond by this process.
+fn next_job_id(now: i64) -> i64 {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let candidate = now << 12;
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = candidate.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+/// `actorbot migrate`: applies pending migrations; answers where the
+/// database is and the names of the migrations applied.
+pub fn migrate(config: &Config) -> Result<(String, Vec<String>), StorageError> {
+    let storage = Storage::connect(config)?;
+    let applied = storage.migrate_blocking()?;
+    Ok((storage.describe().to_string(), applied))
+}

@@ -19,7 +19,7 @@ use frankenstein::types::{ChatAction, ChatId, Message};
 
 pub use client::{BotApi, Endpoint, Upload};
 pub use error::TelegramError;
-pub use outbox::{Deliver, Delivered, Outbox, Request};
+pub use outbox::{Deliver, Delivered, Outbox, Post, Request};
 
 /// The handle every part of the bot sends through: all sends pass the outbox.
 #[derive(Clone)]
@@ -51,6 +51,28 @@ impl Telegram {
             })?
     }
 
+    /// Queues requests for one chat at once, in the order of calls, and
+    /// returns a future of their delivery. Unlike [`Telegram::deliver`] the
+    /// requests are queued before this returns, so an actor can post its
+    /// replies in order and await their delivery elsewhere.
+    pub fn post(
+        &self,
+        chat_id: i64,
+        requests: Vec<Request>,
+    ) -> impl Future<Output = Result<Vec<Delivered>, TelegramError>> + use<> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.outbox.do_send(Post {
+            chat_id,
+            requests,
+            reply,
+        });
+        async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(outbox::outbox_stopped()))
+        }
+    }
+
     /// Sends a message, split into several when the text is too long for
     /// one. The reply markup goes with the last part.
     pub async fn send_message(
@@ -65,20 +87,9 @@ impl Telegram {
                 message: "message text is empty".into(),
             });
         }
-        let last = parts.len() - 1;
-        let requests = parts
-            .into_iter()
-            .enumerate()
-            .map(|(i, text)| {
-                let mut part = params.clone();
-                part.text = text;
-                if i != last {
-                    part.reply_markup = None;
-                }
-                Request::Message(part)
-            })
-            .collect();
-        let delivered = self.deliver(chat_id, requests).await?;
+        let delivered = self
+            .deliver(chat_id, message_requests(params, parts))
+            .await?;
         Ok(delivered
             .into_iter()
             .filter_map(|d| match d {
@@ -111,6 +122,32 @@ impl Telegram {
             .await
             .map(|_| ())
     }
+}
+
+/// The requests that send a text, split into parts that fit a message;
+/// the reply markup goes with the last part.
+pub fn text_requests(chat_id: i64, text: &str) -> Vec<Request> {
+    let params = SendMessageParams::builder()
+        .chat_id(chat_id)
+        .text(String::new())
+        .build();
+    message_requests(params, split::split_text(text, split::MESSAGE_LIMIT))
+}
+
+fn message_requests(params: SendMessageParams, parts: Vec<String>) -> Vec<Request> {
+    let last = parts.len().saturating_sub(1);
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let mut part = params.clone();
+            part.text = text;
+            if i != last {
+                part.reply_markup = None;
+            }
+            Request::Message(part)
+        })
+        .collect()
 }
 
 fn chat_id_of(chat_id: &ChatId) -> i64 {

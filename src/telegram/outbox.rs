@@ -23,6 +23,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actorbot_actors::probe::{Health, MailboxFigures, Probe, ProbeReport};
 use frankenstein::methods::{
     EditMessageTextParams, SendChatActionParams, SendDocumentParams, SendMessageDraftParams,
     SendMessageParams, SendPhotoParams,
@@ -532,23 +533,41 @@ impl Actor for Outbox {
     }
 }
 
-impl Handler<Deliver> for Outbox {
-    type Result = ResponseFuture<Result<Vec<Delivered>, TelegramError>>;
+/// The reply channel of one batch of requests.
+pub type DeliveryReply = oneshot::Sender<Result<Vec<Delivered>, TelegramError>>;
 
-    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) -> Self::Result {
-        let (reply, answer) = oneshot::channel();
-        let count = msg.requests.len();
+/// Like [`Deliver`], but queued with `do_send`: it never waits for mailbox
+/// room, so a sender's batches reach the outbox in the order they were
+/// posted. The answer comes on `reply`. The outbox's own capacity still
+/// bounds what may wait.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Post {
+    pub chat_id: i64,
+    pub requests: Vec<Request>,
+    pub reply: DeliveryReply,
+}
+
+impl Outbox {
+    fn enqueue(
+        &mut self,
+        chat_id: i64,
+        requests: Vec<Request>,
+        reply: DeliveryReply,
+        ctx: &mut Context<Self>,
+    ) {
+        let count = requests.len();
         if count == 0 {
-            return Box::pin(async { Ok(Vec::new()) });
+            let _ = reply.send(Ok(Vec::new()));
+            return;
         }
         if self.stats.queued + count > self.limits.capacity {
-            let method = msg.requests[0].method().to_string();
-            return Box::pin(async move {
-                Err(TelegramError::Refused {
-                    method,
-                    message: "the outbox is full".into(),
-                })
-            });
+            let method = requests[0].method().to_string();
+            let _ = reply.send(Err(TelegramError::Refused {
+                method,
+                message: "the outbox is full".into(),
+            }));
+            return;
         }
         let batch = Batch(std::rc::Rc::new(std::cell::RefCell::new(BatchState {
             results: Vec::with_capacity(count),
@@ -556,12 +575,12 @@ impl Handler<Deliver> for Outbox {
             reply: Some(reply),
         })));
         let now = Instant::now();
-        if !self.lanes.contains_key(&msg.chat_id) {
-            let lane = self.new_lane(msg.chat_id, now);
-            self.lanes.insert(msg.chat_id, lane);
+        if !self.lanes.contains_key(&chat_id) {
+            let lane = self.new_lane(chat_id, now);
+            self.lanes.insert(chat_id, lane);
         }
-        if let Some(lane) = self.lanes.get_mut(&msg.chat_id) {
-            for request in msg.requests {
+        if let Some(lane) = self.lanes.get_mut(&chat_id) {
+            for request in requests {
                 lane.queue.push_back(Job {
                     request,
                     attempts: 0,
@@ -571,16 +590,34 @@ impl Handler<Deliver> for Outbox {
             }
         }
         self.stats.queued += count;
-        self.schedule(msg.chat_id, now);
+        self.schedule(chat_id, now);
         self.pump(ctx);
-        Box::pin(async move {
-            answer.await.unwrap_or_else(|_| {
-                Err(TelegramError::Refused {
-                    method: "deliver".into(),
-                    message: "the outbox stopped".into(),
-                })
-            })
-        })
+    }
+}
+
+/// What a caller gets when the outbox went away before answering.
+pub fn outbox_stopped() -> TelegramError {
+    TelegramError::Refused {
+        method: "deliver".into(),
+        message: "the outbox stopped".into(),
+    }
+}
+
+impl Handler<Deliver> for Outbox {
+    type Result = ResponseFuture<Result<Vec<Delivered>, TelegramError>>;
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) -> Self::Result {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(msg.chat_id, msg.requests, reply, ctx);
+        Box::pin(async move { answer.await.unwrap_or_else(|_| Err(outbox_stopped())) })
+    }
+}
+
+impl Handler<Post> for Outbox {
+    type Result = ();
+
+    fn handle(&mut self, msg: Post, ctx: &mut Self::Context) {
+        self.enqueue(msg.chat_id, msg.requests, msg.reply, ctx);
     }
 }
 
@@ -592,6 +629,41 @@ impl Handler<GetStats> for Outbox {
             lanes: self.lanes.len(),
             ..self.stats.clone()
         }
+    }
+}
+
+impl Handler<Probe> for Outbox {
+    type Result = MessageResult<Probe>;
+
+    fn handle(&mut self, _: Probe, _: &mut Self::Context) -> Self::Result {
+        let now = Instant::now();
+        let paused = self.global_paused_until.filter(|t| *t > now);
+        let health = if let Some(until) = paused {
+            Health::Degraded(format!(
+                "Telegram asked for a pause of {}s more",
+                until.duration_since(now).as_secs() + 1
+            ))
+        } else if self.stats.queued * 10 >= self.limits.capacity * 8 {
+            Health::Degraded(format!(
+                "{} of {} sends queued",
+                self.stats.queued, self.limits.capacity
+            ))
+        } else {
+            Health::Healthy
+        };
+        let mut report = ProbeReport::new("outbox", health).detail(
+            "sends",
+            OutboxStats {
+                lanes: self.lanes.len(),
+                ..self.stats.clone()
+            },
+        );
+        report.mailbox = Some(MailboxFigures {
+            depth: self.stats.queued,
+            capacity: self.limits.capacity,
+        });
+        report.handled = self.stats.delivered;
+        MessageResult(report)
     }
 }
 

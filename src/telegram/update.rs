@@ -33,6 +33,25 @@ impl RawUpdate {
         serde::Deserialize::deserialize(&self.body)
     }
 
+    /// The chat the update belongs to, read without parsing the rest: the
+    /// key its session is found by. `None` for updates outside any chat
+    /// (inline queries, polls) and for malformed ones.
+    pub fn chat_id(&self) -> Option<i64> {
+        let content = self.body.get(self.kind())?;
+        let id = |v: &Value| v.get("id").and_then(Value::as_i64);
+        content
+            .get("chat")
+            .and_then(id)
+            .or_else(|| {
+                content
+                    .get("message")
+                    .and_then(|m| m.get("chat"))
+                    .and_then(id)
+            })
+            .or_else(|| content.get("from").and_then(id))
+            .or_else(|| content.get("user").and_then(id))
+    }
+
     /// The update's kind: the name of its one field besides `update_id`.
     pub fn kind(&self) -> &str {
         self.body
@@ -62,6 +81,16 @@ mod tests {
             RawUpdate::from_value(json!({"update_id": 11, "brand_new_kind": {}})).unwrap();
         assert_eq!(unknown.update_id, 11);
         assert!(unknown.parse().is_err());
+
+        assert_eq!(known.chat_id(), Some(5));
+        assert_eq!(unknown.chat_id(), None);
+        let callback = RawUpdate::from_value(json!({"update_id": 12, "callback_query": {
+            "id": "q", "from": {"id": 9}, "message": {"chat": {"id": -100}}}}))
+        .unwrap();
+        assert_eq!(callback.chat_id(), Some(-100));
+        let broken =
+            RawUpdate::from_value(json!({"update_id": 13, "message": {"chat": 5}})).unwrap();
+        assert_eq!(broken.chat_id(), None);
 
         assert!(RawUpdate::from_value(json!({"message": {}})).is_none());
         assert!(RawUpdate::from_value(json!("text")).is_none());

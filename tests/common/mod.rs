@@ -27,6 +27,7 @@ pub struct TestAppBuilder {
     flood_limits: Option<FloodLimits>,
     webhook: bool,
     fake: Option<FakeTelegram>,
+    data_dir: Option<PathBuf>,
 }
 
 impl TestAppBuilder {
@@ -47,6 +48,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Uses this data directory (a restart on the same SQLite database).
+    pub fn data_dir(mut self, dir: PathBuf) -> Self {
+        self.data_dir = Some(dir);
+        self
+    }
+
     /// Reuses a running fake (a restart against the same Telegram).
     pub fn with_fake(mut self, fake: FakeTelegram) -> Self {
         self.fake = Some(fake);
@@ -64,7 +71,7 @@ impl TestAppBuilder {
             .expect("the fake Telegram starts"),
         };
         let http_addr = free_addr();
-        let data_dir = unique_dir("data");
+        let data_dir = self.data_dir.unwrap_or_else(|| unique_dir("data"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_actorbot"));
         command
             .arg("run")
@@ -147,6 +154,7 @@ impl TestApp {
             flood_limits: None,
             webhook: false,
             fake: None,
+            data_dir: None,
         }
     }
 
@@ -174,6 +182,48 @@ impl TestApp {
                     self.log()
                 );
             }
+        }
+    }
+
+    /// GETs a path on the daemon's HTTP endpoint: status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .finish();
+        let mut response = client
+            .get(format!("{}{path}", self.base_url()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let body = response.body().limit(16 << 20).await.expect("a body");
+        (
+            response.status().as_u16(),
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    /// GETs a JSON endpoint.
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, body) = self.get(path).await;
+        let json = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"));
+        (status, json)
+    }
+
+    /// Waits until `/metrics` holds a line starting with `line`, checking
+    /// again after each scrape.
+    pub async fn wait_for_metric(&self, line: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, metrics) = self.get("/metrics").await;
+            if metrics.lines().any(|l| l.starts_with(line)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?} in /metrics within {timeout:?}:\n{metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -6,6 +6,7 @@
 //! runtime (or a plain `fn main`) can start one, drive it through its handle,
 //! and await conditions on what the bot did.
 
+pub mod ai;
 pub mod telegram;
 mod wait;
 

@@ -1,0 +1,216 @@
+//! The journal: the inbox table's one writer, with group commit.
+//!
+//! An update is written to the inbox before its offset is confirmed to
+//! Telegram (or the webhook answers 200), and marked done once its reply is
+//! delivered. After a crash the daemon replays what is in the inbox and not
+//! done; an update that comes again from Telegram and is already in the
+//! inbox is not handled twice.
+//!
+//! Writes are batched: while one transaction runs, the records and done
+//! marks that arrive meanwhile gather and go in the next one, so the cost per
+//! update falls as load rises. Database work runs on blocking threads, never
+//! on the journal's event loop.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actorbot_actors::probe::{Health, Probe, Vitals};
+use tokio::sync::oneshot;
+
+use crate::storage::{InboxRow, Storage, StorageError};
+
+/// Records a batch of updates; answers with the ids that were new (those
+/// already in the inbox are being or have been handled).
+#[derive(Message)]
+#[rtype(result = "Result<HashSet<i64>, JournalError>")]
+pub struct Record(pub Vec<InboxRow>);
+
+/// Marks an update done: its reply was delivered (or it needs none).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Done(pub i64);
+
+/// Answers when every done mark received so far is written.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush;
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the inbox could not be written: {0}")]
+pub struct JournalError(pub String);
+
+impl From<StorageError> for JournalError {
+    fn from(err: StorageError) -> Self {
+        JournalError(err.to_string())
+    }
+}
+
+type RecordReply = oneshot::Sender<Result<HashSet<i64>, JournalError>>;
+
+/// How long a failed write of done marks waits before it is tried again.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+pub struct Journal {
+    storage: Storage,
+    records: Vec<(Vec<InboxRow>, RecordReply)>,
+    done: Vec<i64>,
+    flushes: Vec<oneshot::Sender<()>>,
+    writing: bool,
+    failed_writes: u64,
+    last_error: Option<(Instant, String)>,
+    vitals: Vitals,
+}
+
+impl Journal {
+    pub fn new(storage: Storage) -> Journal {
+        Journal {
+            storage,
+            records: Vec::new(),
+            done: Vec::new(),
+            flushes: Vec::new(),
+            writing: false,
+            failed_writes: 0,
+            last_error: None,
+            vitals: Vitals::new(0),
+        }
+    }
+
+    /// Starts the next transaction if none is running and work is waiting.
+    fn write(&mut self, ctx: &mut Context<Self>) {
+        if self.writing {
+            return;
+        }
+        if self.records.is_empty() && self.done.is_empty() {
+            for flush in self.flushes.drain(..) {
+                let _ = flush.send(());
+            }
+            return;
+        }
+        self.writing = true;
+        let records = std::mem::take(&mut self.records);
+        let done = std::mem::take(&mut self.done);
+        let storage = self.storage.clone();
+        let rows: Vec<InboxRow> = records.iter().flat_map(|(r, _)| r.clone()).collect();
+        let work = async move {
+            let inserted = if rows.is_empty() {
+                Ok(HashSet::new())
+            } else {
+                storage.inbox_insert_new(rows).await
+            };
+            let marked = if done.is_empty() {
+                Ok(())
+            } else {
+                storage.inbox_mark_done(done.clone()).await
+            };
+            (inserted, marked, done)
+        };
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |(inserted, marked, done), this, ctx| {
+                    this.writing = false;
+                    match inserted {
+                        Ok(new) => {
+                            for (rows, reply) in records {
+                                let mine = rows
+                                    .iter()
+                                    .map(|r| r.update_id)
+                                    .filter(|id| new.contains(id))
+                                    .collect();
+                                let _ = reply.send(Ok(mine));
+                            }
+                        }
+                        Err(err) => {
+                            let err = JournalError::from(err);
+                            this.note_failure(&err.0);
+                            for (_, reply) in records {
+                                let _ = reply.send(Err(err.clone()));
+                            }
+                        }
+                    }
+                    if let Err(err) = marked {
+                        // Done marks are kept and written again: losing one
+                        // would answer its update twice after a restart.
+                        this.note_failure(&err.to_string());
+                        this.done.extend(done);
+                        ctx.run_later(RETRY_DELAY, |this, ctx| this.write(ctx));
+                        return;
+                    }
+                    this.vitals.active();
+                    this.write(ctx);
+                }),
+        );
+    }
+
+    fn note_failure(&mut self, message: &str) {
+        self.failed_writes += 1;
+        log::warn!("journal: {message}");
+        self.last_error = Some((Instant::now(), message.to_string()));
+    }
+}
+
+impl Actor for Journal {
+    type Context = Context<Self>;
+}
+
+impl Handler<Record> for Journal {
+    type Result = ResponseFuture<Result<HashSet<i64>, JournalError>>;
+
+    fn handle(&mut self, msg: Record, ctx: &mut Self::Context) -> Self::Result {
+        self.vitals.active();
+        let (reply, answer) = oneshot::channel();
+        self.records.push((msg.0, reply));
+        self.write(ctx);
+        Box::pin(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(JournalError("the journal stopped".into())))
+        })
+    }
+}
+
+impl Handler<Done> for Journal {
+    type Result = ();
+
+    fn handle(&mut self, msg: Done, ctx: &mut Self::Context) {
+        self.vitals.active();
+        self.done.push(msg.0);
+        self.write(ctx);
+    }
+}
+
+impl Handler<Flush> for Journal {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Flush, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.flushes.push(tx);
+        self.write(ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+impl Handler<Probe> for Journal {
+    type Result = MessageResult<Probe>;
+
+    fn handle(&mut self, _: Probe, _: &mut Self::Context) -> Self::Result {
+        // Unhealthy while writes fail; a failure more than a minute old
+        // with writes succeeding since is history.
+        let recent = self
+            .last_error
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < Duration::from_secs(60) && !self.done.is_empty());
+        let health = match recent {
+            Some((_, message)) => Health::Unhealthy(message.clone()),
+            None => Health::Healthy,
+        };
+        MessageResult(
+            self.vitals
+                .report("journal", health)
+                .detail("pending_done_marks", self.done.len())
+                .detail("failed_writes", self.failed_writes),
+        )
+    }
+}

@@ -1,0 +1,308 @@
+//! One actor per chat: the user's conversation state, profile and limits.
+//!
+//! The registry in `actorbot-actors` starts a session on the first update
+//! for its chat and retires it after `USER_STATE_TIMEOUT` of silence (or to
+//! stay under `MAX_USER_STATES`). A session restores its record from the
+//! database before it handles anything, and saves it when it retires and
+//! periodically while it has unsaved changes.
+//!
+//! A session handles its chat's updates strictly in order. Replies are
+//! posted to the outbox from the handler, so they leave in the same order;
+//! their delivery is awaited off the actor, and only then is the update
+//! marked done in the journal.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actorbot_actors::registry::{Persist, Retire, RetireReason};
+use frankenstein::types::Message as TgMessage;
+use frankenstein::updates::UpdateContent;
+use serde::{Deserialize, Serialize};
+
+use crate::bot::commands;
+use crate::bot::ratelimit::{RateLimits, UserLimiter, Verdict, refusal_text};
+use crate::journal::{Done, Journal};
+use crate::metrics;
+use crate::storage::{Storage, UserRecord, now_millis};
+use crate::telegram::update::RawUpdate;
+use crate::telegram::{Telegram, text_requests};
+
+/// How often a session with unsaved changes writes them.
+const SAVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What every session shares.
+pub struct SessionDeps {
+    pub storage: Storage,
+    pub telegram: Telegram,
+    pub journal: Addr<Journal>,
+    pub limits: RateLimits,
+    pub bot_username: String,
+    pub stats_ttl: Duration,
+    /// Replies posted and not yet delivered, over all sessions.
+    pub replies_in_flight: Arc<AtomicUsize>,
+}
+
+/// An update for the chat's session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HandleUpdate(pub RawUpdate);
+
+/// The conversation state kept in the user record, as JSON.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Conversation {
+    /// Bumped by /reset; lets later parts tell an old exchange from a new one.
+    pub epoch: u32,
+}
+
+pub struct Session {
+    chat_id: i64,
+    deps: Arc<SessionDeps>,
+    record: UserRecord,
+    conversation: Conversation,
+    /// False when the record could not be loaded: saving then would
+    /// overwrite the stored figures with fresh ones.
+    restored: bool,
+    dirty: bool,
+    limiter: UserLimiter,
+    stats_cache: Option<(Instant, String)>,
+}
+
+impl Session {
+    pub fn new(chat_id: i64, deps: Arc<SessionDeps>) -> Session {
+        let limiter = UserLimiter::new(&deps.limits, Instant::now());
+        Session {
+            chat_id,
+            deps,
+            record: UserRecord::new(chat_id, now_millis()),
+            conversation: Conversation::default(),
+            restored: false,
+            dirty: false,
+            limiter,
+            stats_cache: None,
+        }
+    }
+
+    fn done(&self, update_id: i64) {
+        self.deps.journal.do_send(Done(update_id));
+    }
+
+    /// Posts a reply in order and marks the update done once it is delivered.
+    fn reply(&self, update: &RawUpdate, kind: &'static str, text: &str) {
+        let (update_id, received, chat_id) = (update.update_id, update.received, self.chat_id);
+        let delivery = self
+            .deps
+            .telegram
+            .post(chat_id, text_requests(chat_id, text));
+        let journal = self.deps.journal.clone();
+        let in_flight = self.deps.replies_in_flight.clone();
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        // Spawned on the arbiter, not in the actor's context: a session that
+        // retires still has its replies' deliveries marked done.
+        actix_rt::spawn(async move {
+            match delivery.await {
+                Ok(_) => {
+                    metrics::REPLIES.with_label_values(&[kind]).inc();
+                    metrics::REPLY_LATENCY
+                        .with_label_values(&[kind])
+                        .observe(received.elapsed().as_secs_f64());
+                    journal.do_send(Done(update_id));
+                }
+                Err(err) if err.is_transient() => {
+                    // Left undone: replayed after a restart.
+                    log::warn!("send failed: update_id={update_id} chat_id={chat_id}: {err}");
+                }
+                Err(err) => {
+                    // Telegram refused it for good (blocked bot, bad chat):
+                    // sending it again would fail the same way.
+                    log::warn!("send failed: update_id={update_id} chat_id={chat_id}: {err}");
+                    journal.do_send(Done(update_id));
+                }
+            }
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    fn on_message(&mut self, update: &RawUpdate, message: &TgMessage) {
+        let now = Instant::now();
+        if let Some(from) = &message.from {
+            let record = &mut self.record;
+            record.username = from.username.clone();
+            record.first_name = Some(from.first_name.clone());
+            record.language = from.language_code.clone();
+        }
+        self.record.messages += 1;
+        self.record.last_seen = now_millis();
+        self.dirty = true;
+
+        match self.limiter.check(now) {
+            Verdict::Allowed => {}
+            Verdict::Refused {
+                retry_after,
+                hourly,
+            } => {
+                metrics::UPDATES_SKIPPED
+                    .with_label_values(&["rate_limited"])
+                    .inc();
+                return self.reply(update, "rate_limit", &refusal_text(retry_after, hourly));
+            }
+            Verdict::RefusedQuietly => {
+                metrics::UPDATES_SKIPPED
+                    .with_label_values(&["rate_limited"])
+                    .inc();
+                return self.done(update.update_id);
+            }
+        }
+
+        let Some(text) = message.text.as_deref() else {
+            return self.done(update.update_id);
+        };
+        let Some(command) = commands::parse(text, &self.deps.bot_username) else {
+            return self.reply(update, "text", commands::TEXT_HINT);
+        };
+        let reply = match command.name.as_str() {
+            "start" => {
+                let name = self.record.first_name.as_deref().unwrap_or("there");
+                commands::start_text(name)
+            }
+            "help" => commands::help_text(),
+            "stats" => self.stats_text(now),
+            "reset" => self.reset(),
+            other => commands::unknown_text(other),
+        };
+        self.reply(update, "command", &reply);
+    }
+
+    fn stats_text(&mut self, now: Instant) -> String {
+        if let Some((at, text)) = &self.stats_cache
+            && now.duration_since(*at) < self.deps.stats_ttl
+        {
+            return text.clone();
+        }
+        let text = commands::stats_text(&self.record);
+        self.stats_cache = Some((now, text.clone()));
+        text
+    }
+
+    fn reset(&mut self) -> String {
+        self.conversation = Conversation {
+            epoch: self.conversation.epoch + 1,
+        };
+        self.dirty = true;
+        let storage = self.deps.storage.clone();
+        let user_id = self.chat_id;
+        actix_rt::spawn(async move {
+            if let Err(err) = storage.turns_clear(user_id).await {
+                log::warn!("/reset: could not clear the history of chat_id={user_id}: {err}");
+            }
+        });
+        commands::RESET_TEXT.to_string()
+    }
+
+    /// The record as it should be stored now.
+    fn snapshot(&self) -> UserRecord {
+        let mut record = self.record.clone();
+        record.state = serde_json::to_string(&self.conversation).unwrap_or_default();
+        record
+    }
+
+    fn save(&mut self) -> Option<impl Future<Output = ()> + use<>> {
+        if !self.dirty || !self.restored {
+            return None;
+        }
+        self.dirty = false;
+        let storage = self.deps.storage.clone();
+        let record = self.snapshot();
+        Some(async move {
+            let chat_id = record.chat_id;
+            if let Err(err) = storage.users_save(vec![record]).await {
+                log::warn!("could not save the state of chat_id={chat_id}: {err}");
+            }
+        })
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::USER_ACTORS.inc();
+        let storage = self.deps.storage.clone();
+        let chat_id = self.chat_id;
+        // Restore before anything else is handled: `wait` holds the mailbox.
+        ctx.wait(
+            async move { storage.user_load(chat_id).await }
+                .into_actor(self)
+                .map(|loaded, this, _| match loaded {
+                    Ok(Some(record)) => {
+                        this.conversation = serde_json::from_str(&record.state).unwrap_or_default();
+                        this.record = record;
+                        this.restored = true;
+                    }
+                    Ok(None) => this.restored = true,
+                    Err(err) => log::warn!(
+                        "could not restore chat_id={}: {err}; its figures start afresh and are not saved",
+                        this.chat_id
+                    ),
+                }),
+        );
+        ctx.run_interval(SAVE_INTERVAL, |this, ctx| {
+            if let Some(save) = this.save() {
+                ctx.spawn(save.into_actor(this));
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        metrics::USER_ACTORS.dec();
+    }
+}
+
+impl Handler<HandleUpdate> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: HandleUpdate, _: &mut Self::Context) {
+        let update = msg.0;
+        let parsed = match update.parse() {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                metrics::UPDATES_SKIPPED
+                    .with_label_values(&["malformed"])
+                    .inc();
+                log::warn!(
+                    "skipping update_id={} kind={}: {err}",
+                    update.update_id,
+                    update.kind()
+                );
+                return self.done(update.update_id);
+            }
+        };
+        match &parsed.content {
+            UpdateContent::Message(message) => self.on_message(&update, message),
+            _ => {
+                log::debug!(
+                    "ignoring update_id={} kind={}",
+                    update.update_id,
+                    update.kind()
+                );
+                self.done(update.update_id);
+            }
+        }
+    }
+}
+
+impl Handler<Retire> for Session {
+    type Result = Persist;
+
+    fn handle(&mut self, msg: Retire, _: &mut Self::Context) -> Persist {
+        if msg.reason != RetireReason::Shutdown {
+            log::debug!("retiring chat_id={} ({:?})", self.chat_id, msg.reason);
+        }
+        match self.save() {
+            Some(save) => Persist::after(save),
+            None => Persist::nothing(),
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The actor core against the fake Telegram: per-chat order, idle expiry
+//! with persistence, the cap on live sessions, durable intake across kill -9,
+//! graceful shutdown, and the operator endpoints.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::TestApp;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Limits high enough that a test's own bursts are never throttled.
+fn unthrottled(builder: common::TestAppBuilder) -> common::TestAppBuilder {
+    builder
+        .env("ANTI_FLOOD_MESSAGES", 100_000)
+        .env("RATE_LIMIT_PER_USER", 100_000)
+        .env("TELEGRAM_GLOBAL_RATE", 100_000)
+        .env("TELEGRAM_GLOBAL_BURST", 10_000)
+        .env("TELEGRAM_PRIVATE_RATE", 100_000)
+        .env("TELEGRAM_PRIVATE_BURST", 10_000)
+}
+
+/// The number in a reply to `/seq<N>` (answered as an unknown command that
+/// names it), so replies can be matched to the updates they answer.
+fn seq_of(text: &str) -> Option<u64> {
+    let start = text.find("/seq")? + 4;
+    let digits: String = text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+#[actix_rt::test]
+async fn one_chats_replies_stay_in_order_while_others_chat() {
+    let app = unthrottled(TestApp::builder()).start().await;
+    let busy = 5_000;
+    for i in 0..100 {
+        app.tg.inject_text(busy, &format!("/seq{i}"));
+        // 500 other chats talk at the same time, five updates per busy one.
+        for j in 0..5 {
+            app.tg.inject_text(6_000 + i * 5 + j, "/start");
+        }
+    }
+    app.tg
+        .wait_for_total_messages(600, WAIT)
+        .await
+        .expect("every update is answered");
+    let numbers: Vec<u64> = app
+        .tg
+        .messages_to(busy)
+        .iter()
+        .map(|m| seq_of(&m.text).expect("a numbered reply"))
+        .collect();
+    assert_eq!(numbers, (0..100).collect::<Vec<_>>());
+    for user in 6_000..6_500 {
+        assert_eq!(app.tg.messages_to(user).len(), 1, "user {user}");
+    }
+}
+
+#[actix_rt::test]
+async fn an_idle_session_is_saved_and_restored() {
+    let app = TestApp::builder()
+        .env("USER_STATE_TIMEOUT", 0.3)
+        .start()
+        .await;
+    app.tg.inject_text(901, "/start");
+    app.tg.inject_text(901, "/help");
+    app.tg.wait_for_messages(901, 2, WAIT).await.unwrap();
+    app.wait_for_log("retiring chat_id=901 (Idle)", WAIT).await;
+    let (_, actors) = app.get_json("/actors").await;
+    let sessions = find(&actors, "sessions").expect("a sessions node");
+    assert!(sessions["details"]["children"]["expired"].as_u64() >= Some(1));
+
+    app.tg.inject_text(901, "/stats");
+    app.tg.wait_for_messages(901, 3, WAIT).await.unwrap();
+    let stats = &app.tg.messages_to(901)[2].text;
+    assert!(stats.contains("Messages: 3"), "{stats}");
+}
+
+#[actix_rt::test]
+async fn the_cap_on_live_sessions_holds() {
+    let app = unthrottled(TestApp::builder())
+        .env("MAX_USER_STATES", 10)
+        .start()
+        .await;
+    for user in 1..=60 {
+        app.tg.inject_text(user, "/start");
+    }
+    app.tg.wait_for_total_messages(60, WAIT).await.unwrap();
+    let (_, actors) = app.get_json("/actors").await;
+    let children = &find(&actors, "sessions").expect("sessions")["details"]["children"];
+    assert!(children["live"].as_u64() <= Some(10), "{children}");
+    assert!(children["peak"].as_u64() <= Some(10), "{children}");
+    assert!(children["evicted"].as_u64() >= Some(50), "{children}");
+    // An evicted user's figures were saved and come back.
+    app.tg.inject_text(1, "/stats");
+    app.tg.wait_for_messages(1, 2, WAIT).await.unwrap();
+    let stats = &app.tg.messages_to(1)[1].text;
+    assert!(stats.contains("Messages: 2"), "{stats}");
+}
+
+#[actix_rt::test]
+async fn kill_9_under_load_loses_nothing() {
+    let data_dir = common::unique_dir("kill9");
+    let app = unthrottled(TestApp::builder())
+        .data_dir(data_dir.clone())
+        .env("TELEGRAM_MAX_CONNECTIONS", 8)
+        .start()
+        .await;
+    let total = 2_000u64;
+    for n in 0..total {
+        app.tg
+            .inject_text(10_000 + (n as i64 % 200), &format!("/seq{n}"));
+    }
+    app.tg
+        .wait_for_total_messages(300, WAIT)
+        .await
+        .expect("under way");
+    let (tg, _) = app.kill();
+    let at_kill = tg.total_messages();
+    let app = unthrottled(TestApp::builder())
+        .with_fake(tg)
+        .data_dir(data_dir)
+        .start()
+        .await;
+    app.tg
+        .wait_until(WAIT, |s| {
+            let mut seen = std::collections::HashSet::new();
+            for chat in 10_000..10_200 {
+                for m in s.messages_to(chat) {
+                    if let Some(n) = seq_of(&m.text) {
+                        seen.insert(n);
+                    }
+                }
+            }
+            seen.len() as u64 == total
+        })
+        .await
+        .expect("every update is answered after the restart");
+    let mut counts: HashMap<u64, usize> = HashMap::new();
+    for m in app.tg.all_messages() {
+        if let Some(n) = seq_of(&m.text) {
+            *counts.entry(n).or_default() += 1;
+        }
+    }
+    let duplicated = counts.values().filter(|c| **c > 1).count();
+    println!(
+        "kill -9 after {at_kill} of {total} replies: 0 lost, {duplicated} duplicated, \
+         replayed {}",
+        app.log()
+            .lines()
+            .find(|l| l.contains("replaying"))
+            .unwrap_or("nothing")
+    );
+    // Only a reply in flight at the kill (sent, its done mark not yet
+    // written) can go out twice: at most one per connection.
+    assert!(
+        duplicated <= 8 + at_kill / 20,
+        "{duplicated} replies duplicated"
+    );
+}
+
+#[actix_rt::test]
+async fn sigterm_under_load_answers_every_taken_update_and_exits_0() {
+    let mut app = unthrottled(TestApp::builder()).start().await;
+    let ids: Vec<(i64, u64)> = (0..1_500u64)
+        .map(|n| {
+            let id = app
+                .tg
+                .inject_text(20_000 + (n as i64 % 300), &format!("/seq{n}"));
+            (id, n)
+        })
+        .collect();
+    app.tg.wait_for_total_messages(100, WAIT).await.unwrap();
+    app.signal("TERM");
+    let status = app.wait_exit(WAIT).await;
+    assert!(status.success(), "exit status {status:?}\n{}", app.log());
+    assert!(app.log().contains("shutdown complete"));
+
+    let confirmed = app.tg.confirmed_offset();
+    let answered: std::collections::HashSet<u64> = app
+        .tg
+        .all_messages()
+        .iter()
+        .filter_map(|m| seq_of(&m.text))
+        .collect();
+    let taken: Vec<u64> = ids
+        .iter()
+        .filter(|(id, _)| *id < confirmed)
+        .map(|(_, n)| *n)
+        .collect();
+    assert!(taken.len() >= 100, "only {} taken", taken.len());
+    let unanswered: Vec<_> = taken.iter().filter(|n| !answered.contains(n)).collect();
+    assert!(
+        unanswered.is_empty(),
+        "{} of {} taken updates unanswered, e.g. {:?}",
+        unanswered.len(),
+        taken.len(),
+        &unanswered[..unanswered.len().min(5)]
+    );
+}
+
+#[actix_rt::test]
+async fn a_flooding_user_is_told_once_when_to_come_back() {
+    let app = TestApp::builder()
+        .env("ANTI_FLOOD_MESSAGES", 3)
+        .env("ANTI_FLOOD_WINDOW", 60)
+        .start()
+        .await;
+    for _ in 0..8 {
+        app.tg.inject_text(77, "/help");
+    }
+    app.tg.wait_for_messages(77, 4, WAIT).await.unwrap();
+    // All eight handled: three answered, five refused (one of them aloud).
+    app.wait_for_metric(
+        "actorbot_updates_skipped_total{reason=\"rate_limited\"} 5",
+        WAIT,
+    )
+    .await;
+    let texts: Vec<String> = app.tg.messages_to(77).into_iter().map(|m| m.text).collect();
+    let refusals = texts.iter().filter(|t| t.contains("too fast")).count();
+    assert_eq!(refusals, 1, "{texts:?}");
+    assert!(texts[3].contains("Please wait"), "{texts:?}");
+    assert_eq!(texts.len(), 4, "three answers and one refusal: {texts:?}");
+}
+
+#[actix_rt::test]
+async fn reset_and_stats_answer_the_user() {
+    let app = TestApp::builder().start().await;
+    app.tg.inject_text(88, "/start");
+    app.tg.inject_text(88, "/reset");
+    app.tg.inject_text(88, "/stats");
+    app.tg.inject_text(88, "hello there");
+    app.tg.wait_for_messages(88, 4, WAIT).await.unwrap();
+    let texts: Vec<String> = app.tg.messages_to(88).into_iter().map(|m| m.text).collect();
+    assert!(texts[1].contains("forgotten"), "{texts:?}");
+    assert!(texts[2].contains("Messages: 3"), "{texts:?}");
+    assert!(texts[2].contains("First seen: 20"), "{texts:?}");
+    assert!(!texts[3].is_empty());
+}
+
+#[actix_rt::test]
+async fn health_actors_and_metrics_answer_as_documented() {
+    let app = TestApp::builder().start().await;
+    app.tg.inject_text(31, "/start");
+    app.tg.wait_for_messages(31, 1, WAIT).await.unwrap();
+
+    let (status, health) = app.get_json("/health").await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["status"], "ok", "{health}");
+    let names: Vec<&str> = health["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    for name in [
+        "intake",
+        "router",
+        "sessions",
+        "journal",
+        "outbox",
+        "scheduler",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    assert_eq!(health["dependencies"]["database"]["backend"], "sqlite");
+    assert_eq!(
+        health["dependencies"]["database"]["health"]["state"],
+        "healthy"
+    );
+
+    let (status, actors) = app.get_json("/actors").await;
+    assert_eq!(status, 200);
+    let sessions = find(&actors, "sessions").expect("sessions node");
+    assert_eq!(sessions["details"]["children"]["live"], 1, "{sessions}");
+    assert!(find(&actors, "outbox").unwrap()["handled"].as_u64() >= Some(1));
+
+    let (status, metrics) = app.get("/metrics").await;
+    assert_eq!(status, 200);
+    for needle in [
+        "actorbot_updates_received_total{source=\"polling\"}",
+        "actorbot_replies_total{kind=\"command\"} 1",
+        "actorbot_update_to_reply_seconds_bucket",
+        "actorbot_user_actors 1",
+        "actorbot_queue_depth{actor=\"outbox\"}",
+        "actorbot_db_pool_connections{state=\"max\"}",
+        "actorbot_actor_restarts",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
+    }
+}
+
+/// Finds a node by name anywhere in a probe tree.
+fn find<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
+    if node["name"] == name {
+        return Some(node);
+    }
+    node["children"]
+        .as_array()?
+        .iter()
+        .find_map(|child| find(child, name))
+}

@@ -1,0 +1,290 @@
+//! Load test: runs the real `actorbot` binary against an in-process fake
+//! Telegram without flood limits and reports throughput, update-to-reply
+//! latency and memory per idle user actor.
+//!
+//! ```sh
+//! cargo build --release --workspace
+//! target/release/loadtest --daemon target/release/actorbot
+//! ```
+//!
+//! - throughput: `--updates` /start updates from `--users` users, queued at
+//!   once; updates/s from the first reply to the last.
+//! - latency: updates at `--rate` per second for `--seconds`, each from a
+//!   new user; percentiles of the time from injection to the reply's arrival.
+//! - memory: `--idle-users` users each send /start and go quiet; the
+//!   daemon's resident memory growth per live user actor.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use actorbot_testkit::telegram::{FakeTelegram, FakeTelegramConfig};
+use clap::Parser;
+
+const TOKEN: &str = "7000001:LOAD-test_token";
+
+#[derive(Parser)]
+#[command(
+    name = "loadtest",
+    about = "Load test for actorbot against the fake Telegram"
+)]
+struct Args {
+    /// The actorbot binary to run.
+    #[arg(long, default_value = "target/release/actorbot")]
+    daemon: PathBuf,
+    /// Which measurements: throughput, latency, memory (comma-separated).
+    #[arg(long, default_value = "throughput,latency,memory")]
+    run: String,
+    /// Throughput: updates queued at once.
+    #[arg(long, default_value_t = 100_000)]
+    updates: u64,
+    /// Throughput: users they come from.
+    #[arg(long, default_value_t = 10_000)]
+    users: u64,
+    /// Latency: updates per second.
+    #[arg(long, default_value_t = 5_000)]
+    rate: u64,
+    /// Latency: seconds at that rate.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Memory: users who each send one /start and go quiet.
+    #[arg(long, default_value_t = 100_000)]
+    idle_users: u64,
+    /// Extra environment for the daemon, KEY=VALUE.
+    #[arg(long = "env")]
+    env: Vec<String>,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for what in args.run.split(',').map(str::trim) {
+        match what {
+            "throughput" => runtime.block_on(throughput(&args))?,
+            "latency" => runtime.block_on(latency(&args))?,
+            "memory" => runtime.block_on(memory(&args))?,
+            other => return Err(format!("unknown measurement {other:?}").into()),
+        }
+    }
+    Ok(())
+}
+
+/// A daemon process against its own fake.
+struct Rig {
+    fake: FakeTelegram,
+    daemon: Child,
+    http: SocketAddr,
+    data_dir: PathBuf,
+}
+
+impl Rig {
+    async fn start(args: &Args) -> Result<Rig, Box<dyn std::error::Error>> {
+        let fake = FakeTelegram::start(FakeTelegramConfig {
+            token: TOKEN.into(),
+            record_calls: false,
+            workers: 1,
+            ..Default::default()
+        })?;
+        let http = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let data_dir = std::env::temp_dir().join(format!(
+            "actorbot-load-{}-{}",
+            std::process::id(),
+            http.port()
+        ));
+        std::fs::create_dir_all(&data_dir)?;
+        let mut command = Command::new(&args.daemon);
+        command
+            .arg("run")
+            .env("APP_PROFILE", "high-load")
+            .env("BOT_TOKEN", TOKEN)
+            .env("TELEGRAM_API_URL", fake.api_url())
+            .env("HTTP_ADDR", http.to_string())
+            .env("DATA_DIR", &data_dir)
+            .env("RUST_LOG", "warn")
+            .env("TELEGRAM_GLOBAL_RATE", "1000000")
+            .env("TELEGRAM_GLOBAL_BURST", "100000")
+            .env("TELEGRAM_PRIVATE_RATE", "1000000")
+            .env("TELEGRAM_PRIVATE_BURST", "100000")
+            .env("RATE_LIMIT_PER_USER", "1000000")
+            .env("ANTI_FLOOD_MESSAGES", "1000000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for pair in &args.env {
+            if let Some((key, value)) = pair.split_once('=') {
+                command.env(key, value);
+            }
+        }
+        let daemon = command.spawn()?;
+        let rig = Rig {
+            fake,
+            daemon,
+            http,
+            data_dir,
+        };
+        rig.wait_ready().await?;
+        Ok(rig)
+    }
+
+    async fn wait_ready(&self) -> Result<(), Box<dyn std::error::Error>> {
+        let client = awc::Client::default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let url = format!("http://{}/health", self.http);
+            if let Ok(response) = client.get(url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err("the daemon did not become healthy within 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.daemon.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    async fn wait_messages(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        self.fake
+            .wait_for_total_messages(n, timeout)
+            .await
+            .map_err(|e| e.to_string().into())
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+async fn throughput(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let rig = Rig::start(args).await?;
+    // Warm up: connections open, sessions' code paths hot.
+    for user in 0..1_000 {
+        rig.fake.inject_text(1_000_000 + user, "/start");
+    }
+    rig.wait_messages(1_000, Duration::from_secs(60)).await?;
+    let base = rig.fake.total_messages();
+    let started = Instant::now();
+    for n in 0..args.updates {
+        rig.fake.inject_text((n % args.users) as i64 + 1, "/start");
+    }
+    let injected = started.elapsed();
+    rig.wait_messages(base + args.updates as usize, Duration::from_secs(600))
+        .await?;
+    let all = rig.fake.all_messages();
+    let replies = &all[base..];
+    let first = replies.iter().map(|m| m.at).min().unwrap_or(started);
+    let last = replies.iter().map(|m| m.at).max().unwrap_or(started);
+    let span = last.duration_since(first).as_secs_f64();
+    let total = last.duration_since(started).as_secs_f64();
+    println!(
+        "throughput: {} /start updates from {} users: {:.0} updates/s between the first and last reply \
+         ({span:.2} s); {:.0} updates/s from queueing to the last reply ({total:.2} s; queueing took {:.2} s)",
+        args.updates,
+        args.users,
+        args.updates as f64 / span,
+        args.updates as f64 / total,
+        injected.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn latency(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let rig = Rig::start(args).await?;
+    for user in 0..1_000 {
+        rig.fake.inject_text(1_000_000 + user, "/start");
+    }
+    rig.wait_messages(1_000, Duration::from_secs(60)).await?;
+    let base = rig.fake.total_messages();
+    let total = args.rate * args.seconds;
+    let tick = Duration::from_millis(1);
+    let per_tick = args.rate as f64 / 1000.0;
+    let mut injected_at: HashMap<i64, Instant> = HashMap::with_capacity(total as usize);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    while sent < total {
+        interval.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * 1000.0 * per_tick) as u64).min(total);
+        while sent < due {
+            let user = 2_000_000 + sent as i64;
+            rig.fake.inject_text(user, "/start");
+            injected_at.insert(user, Instant::now());
+            sent += 1;
+        }
+    }
+    rig.wait_messages(base + total as usize, Duration::from_secs(600))
+        .await?;
+    let mut latencies: Vec<f64> = rig.fake.all_messages()[base..]
+        .iter()
+        .filter_map(|m| {
+            injected_at
+                .get(&m.chat_id)
+                .map(|t| m.at.duration_since(*t).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "latency at {} updates/s for {} s ({} replies): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        args.rate,
+        args.seconds,
+        latencies.len(),
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        latencies.last().copied().unwrap_or(0.0)
+    );
+    Ok(())
+}
+
+async fn memory(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let rig = Rig::start(args).await?;
+    let warm = 1_000u64;
+    for user in 0..warm {
+        rig.fake.inject_text(3_000_000 + user as i64, "/start");
+    }
+    rig.wait_messages(warm as usize, Duration::from_secs(60))
+        .await?;
+    // The outbox forgets idle chats' lanes after a few seconds.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let before = rig.rss_kib();
+    let n = args.idle_users;
+    for user in 0..n {
+        rig.fake.inject_text(4_000_000 + user as i64, "/start");
+    }
+    rig.wait_messages((warm + n) as usize, Duration::from_secs(600))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let after = rig.rss_kib();
+    let per_actor = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+    println!(
+        "memory: {n} idle user actors: RSS {} MiB -> {} MiB, {per_actor:.0} bytes per idle user actor \
+         (everything the daemon keeps per user, allocator overhead included)",
+        before / 1024,
+        after / 1024
+    );
+    Ok(())
+}
