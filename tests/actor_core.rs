@@ -295,6 +295,79 @@ async fn health_actors_and_metrics_answer_as_documented() {
     }
 }
 
+#[actix_rt::test]
+async fn the_daemon_runs_on_postgres_and_replays_after_kill_9() {
+    let Some(db) = common::PgDatabase::create("the daemon") else {
+        return;
+    };
+    let app = unthrottled(TestApp::builder())
+        .env("DATABASE_URL", &db.url)
+        .env("USER_STATE_TIMEOUT", 0.3)
+        .start()
+        .await;
+    for user in 1..=20 {
+        app.tg.inject_text(40_000 + user, "/start");
+    }
+    app.tg.wait_for_total_messages(20, WAIT).await.unwrap();
+    app.wait_for_log("retiring chat_id=40001 (Idle)", WAIT)
+        .await;
+    let (status, health) = app.get_json("/health").await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["dependencies"]["database"]["backend"], "postgres");
+
+    let ids: Vec<(i64, u64)> = (0..500u64)
+        .map(|n| {
+            (
+                app.tg
+                    .inject_text(40_001 + (n as i64 % 20), &format!("/seq{n}")),
+                n,
+            )
+        })
+        .collect();
+    app.tg.wait_for_total_messages(60, WAIT).await.unwrap();
+    let (tg, _) = app.kill();
+    let app = unthrottled(TestApp::builder())
+        .with_fake(tg)
+        .env("DATABASE_URL", &db.url)
+        .start()
+        .await;
+    app.tg
+        .wait_until(WAIT, |s| {
+            let answered: std::collections::HashSet<u64> = (40_001..=40_020)
+                .flat_map(|c| s.messages_to(c))
+                .filter_map(|m| seq_of(&m.text))
+                .collect();
+            answered.len() == ids.len()
+        })
+        .await
+        .expect("every update answered after the restart");
+    // The figures were saved in PostgreSQL when the session went idle
+    // (/start); what came after is saved every 30 s, so a kill -9 may cost
+    // the figures of updates answered before it, never more.
+    app.tg.inject_text(40_001, "/stats");
+    app.tg
+        .wait_until(WAIT, |s| {
+            s.messages_to(40_001)
+                .iter()
+                .any(|m| m.text.contains("Your figures"))
+        })
+        .await
+        .unwrap();
+    let stats = app
+        .tg
+        .messages_to(40_001)
+        .into_iter()
+        .find(|m| m.text.contains("Your figures"))
+        .unwrap();
+    let messages: u64 = stats
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("Messages: "))
+        .and_then(|n| n.parse().ok())
+        .expect("a message count");
+    assert!((2..=27).contains(&messages), "{}", stats.text);
+}
+
 /// Finds a node by name anywhere in a probe tree.
 fn find<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
     if node["name"] == name {

@@ -62,3 +62,36 @@ fn run_without_a_token_names_the_variable() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("BOT_TOKEN is not set"), "{stderr}");
 }
+
+#[test]
+fn migrate_creates_the_schema_once() {
+    let dir = std::env::temp_dir().join(format!("actorbot-cli-migrate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data_dir = dir.display().to_string();
+    let first = actorbot(&["migrate"], &[("DATA_DIR", &data_dir)]);
+    assert!(first.status.success(), "{first:?}");
+    let text = String::from_utf8_lossy(&first.stdout);
+    assert!(text.contains("applied 20261124000000"), "{text}");
+    assert!(dir.join("actorbot.sqlite3").exists());
+    let second = actorbot(&["migrate"], &[("DATA_DIR", &data_dir)]);
+    assert!(second.status.success());
+    assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn migrate_names_an_unreachable_database_without_its_password() {
+    let output = actorbot(
+        &["migrate"],
+        &[(
+            "DATABASE_URL",
+            "postgres://bot:hunter2@127.0.0.1:1/actorbot",
+        )],
+    );
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.contains("postgres") && !text.contains("hunter2"),
+        "{text}"
+    );
+}

@@ -307,3 +307,65 @@ pub fn unique_dir(prefix: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+/// A PostgreSQL database made for one test and dropped after it.
+pub struct PgDatabase {
+    admin_url: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// Creates a fresh database on the server at `ACTORBOT_TEST_POSTGRES_URL`.
+    /// Without that variable the test is skipped with a visible line, unless
+    /// `ACTORBOT_REQUIRE_POSTGRES=1` (as in CI) makes that a failure.
+    pub fn create(test: &str) -> Option<PgDatabase> {
+        use diesel::{Connection, RunQueryDsl, pg::PgConnection};
+        let Ok(admin_url) = std::env::var("ACTORBOT_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var("ACTORBOT_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "ACTORBOT_REQUIRE_POSTGRES=1 but ACTORBOT_TEST_POSTGRES_URL is not set"
+            );
+            // Straight to stderr: the test harness captures print macros.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: {test} on PostgreSQL (set ACTORBOT_TEST_POSTGRES_URL)"
+            );
+            return None;
+        };
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("actorbot_test_{}_{n}", std::process::id());
+        let mut admin = PgConnection::establish(&admin_url)
+            .unwrap_or_else(|e| panic!("PostgreSQL at ACTORBOT_TEST_POSTGRES_URL: {e}"));
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {name}"))
+            .execute(&mut admin)
+            .expect("drop a leftover test database");
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .expect("create a test database");
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(base, _)| base);
+        let url = format!("{base}/{name}");
+        Some(PgDatabase {
+            admin_url,
+            name,
+            url,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        use diesel::{Connection, RunQueryDsl, pg::PgConnection};
+        if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin);
+        }
+    }
+}

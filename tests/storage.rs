@@ -1,0 +1,191 @@
+//! The storage layer on both backends: the same checks run on SQLite
+//! always and on PostgreSQL when a server is configured.
+
+mod common;
+
+use std::collections::HashMap;
+
+use actorbot::config::Config;
+use actorbot::storage::{InboxRow, NewJob, Storage, UserRecord, job_status, now_millis};
+use common::PgDatabase;
+
+fn config(vars: &[(&str, String)]) -> Config {
+    let mut env: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    env.insert(
+        "CONFIG_DIR".into(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config").into(),
+    );
+    env.insert("APP_PROFILE".into(), "testing".into());
+    Config::load(&env).expect("a valid configuration")
+}
+
+fn sqlite_config() -> Config {
+    let dir = common::unique_dir("storage");
+    config(&[("DATA_DIR", dir.display().to_string())])
+}
+
+fn row(update_id: i64) -> InboxRow {
+    InboxRow {
+        update_id,
+        chat_id: Some(update_id % 7),
+        body: format!("{{\"update_id\":{update_id}}}"),
+    }
+}
+
+async fn exercise(config: &Config) {
+    let storage = Storage::open(config).await.expect("opens and migrates");
+    // Opening again finds nothing to migrate.
+    let again = Storage::open(config).await.expect("opens twice");
+    assert!(again.migrate_blocking().unwrap().is_empty());
+    assert!(storage.ping().await.is_ok());
+
+    // Inbox: duplicates are told apart, pending and done tracked, purge works.
+    let new = storage
+        .inbox_insert_new((1..=5).map(row).collect())
+        .await
+        .unwrap();
+    assert_eq!(new.len(), 5);
+    let new = storage
+        .inbox_insert_new((4..=7).map(row).collect())
+        .await
+        .unwrap();
+    assert_eq!(new, [6, 7].into_iter().collect());
+    storage.inbox_mark_done(vec![1, 2, 6]).await.unwrap();
+    let pending: Vec<i64> = storage
+        .inbox_pending()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.update_id)
+        .collect();
+    assert_eq!(pending, vec![3, 4, 5, 7]);
+    assert_eq!(storage.inbox_pending().await.unwrap()[0], row(3));
+    assert!(storage.inbox_is_done(2).await.unwrap());
+    assert!(!storage.inbox_is_done(3).await.unwrap());
+    assert_eq!(storage.inbox_stats().await.unwrap(), (4, 3));
+    assert_eq!(storage.inbox_purge_done(0).await.unwrap(), 0);
+    assert_eq!(storage.inbox_purge_done(now_millis() + 1).await.unwrap(), 3);
+    assert_eq!(storage.inbox_stats().await.unwrap(), (4, 0));
+
+    // Users: upsert and load back.
+    assert_eq!(storage.user_load(42).await.unwrap(), None);
+    let mut user = UserRecord::new(42, 1_000);
+    user.first_name = Some("Ада".into());
+    user.messages = 3;
+    storage.users_save(vec![user.clone()]).await.unwrap();
+    user.messages = 4;
+    user.last_seen = 2_000;
+    user.state = r#"{"epoch":1}"#.into();
+    storage.users_save(vec![user.clone()]).await.unwrap();
+    assert_eq!(storage.user_load(42).await.unwrap(), Some(user));
+    assert_eq!(storage.users_count().await.unwrap(), 1);
+    assert_eq!(storage.users_active_since(1_500).await.unwrap(), 1);
+    assert_eq!(storage.users_active_since(2_500).await.unwrap(), 0);
+
+    // Conversation turns: numbered, recent ones in order, cleared.
+    for i in 1..=4 {
+        storage
+            .turn_push(42, format!("q{i}"), format!("a{i}"))
+            .await
+            .unwrap();
+    }
+    storage
+        .turn_push(43, "other".into(), "user".into())
+        .await
+        .unwrap();
+    let recent = storage.turns_recent(42, 2).await.unwrap();
+    let questions: Vec<&str> = recent.iter().map(|t| t.question.as_str()).collect();
+    assert_eq!(questions, ["q3", "q4"]);
+    assert_eq!(storage.turns_clear(42).await.unwrap(), 4);
+    assert!(storage.turns_recent(42, 10).await.unwrap().is_empty());
+    assert_eq!(storage.turns_recent(43, 10).await.unwrap().len(), 1);
+
+    // Jobs: queued, run, finished, purged; unfinished ones by priority.
+    let job = |priority| NewJob {
+        kind: "report".into(),
+        user_id: 42,
+        chat_id: 42,
+        priority,
+        payload: "{}".into(),
+    };
+    let low = storage.job_insert(job(5)).await.unwrap();
+    let high = storage.job_insert(job(1)).await.unwrap();
+    assert!(high > low, "ids grow with time");
+    let order: Vec<i64> = storage
+        .jobs_unfinished()
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(order, vec![high, low]);
+    storage
+        .job_update(high, job_status::DONE, 1, None)
+        .await
+        .unwrap();
+    storage
+        .job_update(low, job_status::RUNNING, 2, Some("retrying".into()))
+        .await
+        .unwrap();
+    let unfinished = storage.jobs_unfinished().await.unwrap();
+    assert_eq!(unfinished.len(), 1);
+    assert_eq!(unfinished[0].attempts, 2);
+    assert_eq!(unfinished[0].error.as_deref(), Some("retrying"));
+    assert_eq!(
+        storage.jobs_purge_finished(now_millis() + 1).await.unwrap(),
+        1
+    );
+
+    // Writers at once: no "database is locked".
+    let writers = (0..8).map(|w| {
+        let storage = storage.clone();
+        async move {
+            for batch in 0..10 {
+                let base = 1_000 + w * 1_000 + batch * 10;
+                storage
+                    .inbox_insert_new((base..base + 10).map(row).collect())
+                    .await
+                    .expect("concurrent insert");
+            }
+        }
+    });
+    futures_util::future::join_all(writers).await;
+    assert_eq!(storage.inbox_stats().await.unwrap().0, 4 + 800);
+}
+
+#[actix_rt::test]
+async fn sqlite_storage() {
+    let config = sqlite_config();
+    exercise(&config).await;
+    let storage = Storage::open(&config).await.unwrap();
+    assert_eq!(storage.backend(), "sqlite");
+    assert!(storage.describe().contains("actorbot.sqlite3"));
+}
+
+#[actix_rt::test]
+async fn postgres_storage() {
+    let Some(db) = PgDatabase::create("storage tests") else {
+        return;
+    };
+    let config = config(&[("DATABASE_URL", db.url.clone())]);
+    exercise(&config).await;
+    let storage = Storage::open(&config).await.unwrap();
+    assert_eq!(storage.backend(), "postgres");
+}
+
+#[actix_rt::test]
+async fn an_unreachable_database_is_a_clear_error_without_the_password() {
+    let config = config(&[(
+        "DATABASE_URL",
+        "postgres://bot:hunter2@127.0.0.1:1/actorbot".to_string(),
+    )]);
+    let err = match Storage::open(&config).await {
+        Ok(_) => panic!("connected to nothing"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("postgres"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
