@@ -21,8 +21,11 @@ use actorbot_actors::registry::{KeyedRegistry, RegistryConfig};
 use actorbot_actors::scheduler::Scheduler;
 use anyhow::{Context as _, bail};
 
+use crate::ai::reply::Pace;
+use crate::ai::{AiPool, Assistant, Backend, PoolLimits};
 use crate::bot::commands;
 use crate::bot::ratelimit::RateLimits;
+use crate::cache::Cache;
 use crate::cleanup;
 use crate::config::Config;
 use crate::http;
@@ -73,6 +76,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Journal::new(journal_storage)
     });
     let replies_in_flight = Arc::new(AtomicUsize::new(0));
+    let cache = Arc::new(open_cache(&config).await);
+    let ai_arbiter = Arbiter::new();
+    let (backend, limits) = ai_settings(&config);
+    let ai_pool =
+        AiPool::start_in_arbiter(&ai_arbiter.handle(), move |_| AiPool::new(backend, limits));
+    let assistant = Assistant::new(ai_pool.clone(), cache.clone(), &config);
     let deps = Arc::new(SessionDeps {
         storage: storage.clone(),
         telegram: telegram.clone(),
@@ -81,6 +90,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         bot_username: username,
         stats_ttl: config.stats_cache_ttl(),
         replies_in_flight: replies_in_flight.clone(),
+        assistant,
+        pace: Pace {
+            draft: Config::secs(config.draft_interval),
+            edit: Config::secs(config.edit_interval),
+            typing: Config::secs(config.typing_interval),
+        },
+        user_queue: config.ai_user_queue,
     });
     let arbiters: Vec<Arbiter> = (0..config.user_arbiters())
         .map(|_| Arbiter::new())
@@ -109,11 +125,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ("router", router.clone().recipient()),
             ("journal", journal.clone().recipient()),
             ("outbox", outbox.clone().recipient()),
+            ("ai", ai_pool.clone().recipient()),
             ("scheduler", scheduler.clone().recipient()),
         ],
         intake: Default::default(),
         sessions: sessions.clone(),
         storage: storage.clone(),
+        cache: cache.clone(),
         started,
     };
     let intake_probe = observed.intake.clone();
@@ -185,12 +203,56 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     server_handle.stop(true).await;
     let _ = server_task.await;
-    for arbiter in arbiters.into_iter().chain([journal_arbiter]) {
+    for arbiter in arbiters.into_iter().chain([journal_arbiter, ai_arbiter]) {
         arbiter.stop();
         let _ = arbiter.join();
     }
     log::info!("shutdown complete");
     Ok(())
+}
+
+/// The answer cache: Redis when `REDIS_URL` is set and reachable, else in
+/// the process.
+async fn open_cache(config: &Config) -> Cache {
+    let ttl = Config::secs(config.ai_cache_ttl);
+    if config.redis_url.is_empty() {
+        log::info!("cache: in-process (REDIS_URL not set)");
+        return Cache::local("ai", ttl, config.ai_cache_size);
+    }
+    match Cache::with_redis("ai", ttl, config.ai_cache_size, &config.redis_url).await {
+        Ok(cache) => {
+            log::info!("cache: Redis at {}", config.redis_url.redacted());
+            cache
+        }
+        Err(err) => {
+            log::warn!(
+                "cache: Redis at {} is unreachable ({err}); using the in-process cache",
+                config.redis_url.redacted()
+            );
+            Cache::local("ai", ttl, config.ai_cache_size)
+        }
+    }
+}
+
+fn ai_settings(config: &Config) -> (Backend, PoolLimits) {
+    let backend = Backend {
+        url: config.ai_api_url.clone(),
+        api_key: config.ai_api_key.expose().to_string(),
+        model: config.ai_model.clone(),
+        max_tokens: config.ai_max_tokens,
+        stream: config.ai_stream,
+        timeout: config.http_timeout(),
+    };
+    let limits = PoolLimits {
+        in_flight: config.ai_semaphore_limit,
+        queue: config.ai_queue_size,
+        per_user: config.ai_per_user_inflight,
+        attempts: config.ai_max_attempts,
+        breaker_failures: config.ai_breaker_failures,
+        breaker_cooldown: Config::secs(config.ai_breaker_cooldown),
+        max_connections: config.ai_semaphore_limit,
+    };
+    (backend, limits)
 }
 
 /// Routes what the inbox holds but was never finished: updates taken

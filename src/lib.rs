@@ -3,8 +3,10 @@
 //! The library holds the whole bot so that tests and tools can build parts
 //! of it; the `actorbot` binary is a thin command line over [`daemon`].
 
+pub mod ai;
 pub mod bot;
 pub mod bucket;
+pub mod cache;
 pub mod cleanup;
 pub mod config;
 pub mod daemon;

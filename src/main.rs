@@ -51,6 +51,7 @@ fn main() -> ExitCode {
                 vec![
                     config.bot_token.expose().to_string(),
                     config.webhook_secret.expose().to_string(),
+                    config.ai_api_key.expose().to_string(),
                 ],
             );
             let system = actix_rt::System::new();

@@ -8,8 +8,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
@@ -152,6 +152,69 @@ pub static DB_POOL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         IntGaugeVec::new(
             Opts::new("db_pool_connections", "Database pool connections"),
             &["state"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// AI requests finished, by outcome (`ok`, `cancelled`, or the error kind).
+pub static AI_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new("ai_requests_total", "AI requests finished"),
+            &["outcome"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Duration of each attempt against the AI backend.
+pub static AI_REQUEST_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new("ai_request_seconds", "One attempt against the AI backend")
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Time an AI request waited in the pool's queue.
+pub static AI_QUEUE_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "ai_queue_wait_seconds",
+                "Time waiting for a slot in the AI pool",
+            )
+            .buckets(vec![0.0001, 0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0]),
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// AI requests in flight.
+pub static AI_IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(IntGauge::new("ai_in_flight", "AI requests in flight").expect("valid metric"))
+});
+
+/// The AI circuit breaker: 0 closed, 1 half-open, 2 open.
+pub static AI_BREAKER: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "ai_breaker_state",
+            "AI circuit breaker: 0 closed, 1 half-open, 2 open",
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// AI answer cache lookups, by result (`hit`, `miss`).
+pub static AI_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new("ai_cache_total", "AI answer cache lookups"),
+            &["result"],
         )
         .expect("valid metric"),
     )

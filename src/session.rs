@@ -11,23 +11,28 @@
 //! their delivery is awaited off the actor, and only then is the update
 //! marked done in the journal.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actorbot_actors::registry::{Persist, Retire, RetireReason};
-use frankenstein::types::Message as TgMessage;
+use frankenstein::types::{ChatType, Message as TgMessage};
 use frankenstein::updates::UpdateContent;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
+use crate::ai::reply::{Pace, final_requests, show_progress};
+use crate::ai::{AiError, Assistant, failure_text};
 use crate::bot::commands;
 use crate::bot::ratelimit::{RateLimits, UserLimiter, Verdict, refusal_text};
 use crate::journal::{Done, Journal};
 use crate::metrics;
 use crate::storage::{Storage, UserRecord, now_millis};
 use crate::telegram::update::RawUpdate;
-use crate::telegram::{Telegram, text_requests};
+use crate::telegram::{Request, Telegram, text_requests};
 
 /// How often a session with unsaved changes writes them.
 const SAVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -42,6 +47,32 @@ pub struct SessionDeps {
     pub stats_ttl: Duration,
     /// Replies posted and not yet delivered, over all sessions.
     pub replies_in_flight: Arc<AtomicUsize>,
+    pub assistant: Assistant,
+    pub pace: Pace,
+    /// Questions a user may have waiting behind the one being answered.
+    pub user_queue: usize,
+}
+
+/// The answer to a question has been delivered (or given up on).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct AnswerFinished {
+    epoch: u32,
+    question: String,
+    answer: Option<String>,
+}
+
+/// A question waiting for the one before it to be answered.
+struct Question {
+    update: RawUpdate,
+    text: String,
+    private: bool,
+}
+
+/// The question being answered now.
+struct Current {
+    draft_id: i32,
+    cancel: Option<oneshot::Sender<()>>,
 }
 
 /// An update for the chat's session.
@@ -68,6 +99,10 @@ pub struct Session {
     dirty: bool,
     limiter: UserLimiter,
     stats_cache: Option<(Instant, String)>,
+    /// Recent exchanges, loaded on the first question.
+    history: Option<VecDeque<(String, String)>>,
+    current: Option<Current>,
+    waiting: VecDeque<Question>,
 }
 
 impl Session {
@@ -82,6 +117,9 @@ impl Session {
             dirty: false,
             limiter,
             stats_cache: None,
+            history: None,
+            current: None,
+            waiting: VecDeque::new(),
         }
     }
 
@@ -125,7 +163,7 @@ impl Session {
         });
     }
 
-    fn on_message(&mut self, update: &RawUpdate, message: &TgMessage) {
+    fn on_message(&mut self, update: &RawUpdate, message: &TgMessage, ctx: &mut Context<Self>) {
         let now = Instant::now();
         if let Some(from) = &message.from {
             let record = &mut self.record;
@@ -160,7 +198,12 @@ impl Session {
             return self.done(update.update_id);
         };
         let Some(command) = commands::parse(text, &self.deps.bot_username) else {
-            return self.reply(update, "text", commands::TEXT_HINT);
+            let question = Question {
+                update: update.clone(),
+                text: text.to_string(),
+                private: message.chat.type_field == ChatType::Private,
+            };
+            return self.question(question, ctx);
         };
         let reply = match command.name.as_str() {
             "start" => {
@@ -173,6 +216,132 @@ impl Session {
             other => commands::unknown_text(other),
         };
         self.reply(update, "command", &reply);
+    }
+
+    /// Answers a question now, or after the one being answered.
+    fn question(&mut self, question: Question, ctx: &mut Context<Self>) {
+        if self.current.is_none() {
+            return self.start_question(question, ctx);
+        }
+        if self.waiting.len() < self.deps.user_queue {
+            self.waiting.push_back(question);
+        } else {
+            self.reply(&question.update, "ai_refused", commands::ONE_AT_A_TIME);
+        }
+    }
+
+    fn start_question(&mut self, question: Question, ctx: &mut Context<Self>) {
+        self.record.ai_questions += 1;
+        self.dirty = true;
+        self.current = Some(Current {
+            draft_id: 0,
+            cancel: None,
+        });
+        if self.history.is_some() {
+            return self.ask(question, ctx);
+        }
+        let storage = self.deps.storage.clone();
+        let (user_id, turns) = (self.chat_id, self.deps.assistant.history_turns() as i64);
+        // Held mailbox: the history is there before anything else happens.
+        ctx.wait(
+            async move { storage.turns_recent(user_id, turns).await }
+                .into_actor(self)
+                .map(move |loaded, this, ctx| {
+                    let history = match loaded {
+                        Ok(turns) => turns.into_iter().map(|t| (t.question, t.answer)).collect(),
+                        Err(err) => {
+                            log::warn!("chat_id={user_id}: could not load the conversation: {err}");
+                            VecDeque::new()
+                        }
+                    };
+                    this.history = Some(history);
+                    this.ask(question, ctx);
+                }),
+        );
+    }
+
+    fn ask(&mut self, question: Question, ctx: &mut Context<Self>) {
+        let Question {
+            update,
+            text,
+            private,
+        } = question;
+        let deps = self.deps.clone();
+        let messages = deps
+            .assistant
+            .conversation(self.history.iter().flatten(), &text);
+        let draft_id = rand::rng().random_range(1..=i32::MAX);
+        let (cancel, cancelled) = oneshot::channel();
+        self.current = Some(Current {
+            draft_id,
+            cancel: Some(cancel),
+        });
+        let (chat_id, epoch, me) = (self.chat_id, self.conversation.epoch, ctx.address());
+        deps.replies_in_flight.fetch_add(1, Ordering::SeqCst);
+        actix_rt::spawn(async move {
+            let (progress, shown_progress) = tokio::sync::mpsc::unbounded_channel();
+            let asked = deps
+                .assistant
+                .ask(chat_id, messages, Some(progress), cancelled);
+            let shown = show_progress(
+                &deps.telegram,
+                chat_id,
+                private,
+                draft_id,
+                deps.pace,
+                shown_progress,
+            );
+            let (result, shown) = tokio::join!(asked, shown);
+            let (final_text, kind) = match &result {
+                Ok(answer) if answer.cached => (answer.text.clone(), "ai_cached"),
+                Ok(answer) => (answer.text.clone(), "ai"),
+                Err(AiError::Cancelled) if !shown.text.is_empty() => (
+                    format!("{}\n\n{}", shown.text, commands::STOPPED),
+                    "ai_stopped",
+                ),
+                Err(AiError::Truncated { partial }) => (
+                    format!("{partial}\n\n{}", commands::CUT_OFF),
+                    "ai_truncated",
+                ),
+                Err(err) => {
+                    log::warn!("chat_id={chat_id}: no answer from the assistant: {err}");
+                    (failure_text(err).to_string(), "ai_failed")
+                }
+            };
+            let requests: Vec<Request> = final_requests(chat_id, &final_text, &shown);
+            let delivered = deps.telegram.post(chat_id, requests).await;
+            match &delivered {
+                Ok(_) => {
+                    metrics::REPLIES.with_label_values(&[kind]).inc();
+                    metrics::REPLY_LATENCY
+                        .with_label_values(&["ai"])
+                        .observe(update.received.elapsed().as_secs_f64());
+                    deps.journal.do_send(Done(update.update_id));
+                }
+                Err(err) => log::warn!(
+                    "send failed: update_id={} chat_id={chat_id}: {err}",
+                    update.update_id
+                ),
+            }
+            me.do_send(AnswerFinished {
+                epoch,
+                question: text,
+                answer: result.ok().map(|a| a.text),
+            });
+            deps.replies_in_flight.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    fn stop_generation(&mut self, draft_id: i64) -> bool {
+        match &mut self.current {
+            Some(current) if i64::from(current.draft_id) == draft_id => {
+                if let Some(cancel) = current.cancel.take() {
+                    let _ = cancel.send(());
+                }
+                true
+            }
+            _ => false,
+        }
     }
 
     fn stats_text(&mut self, now: Instant) -> String {
@@ -190,6 +359,7 @@ impl Session {
         self.conversation = Conversation {
             epoch: self.conversation.epoch + 1,
         };
+        self.history = Some(VecDeque::new());
         self.dirty = true;
         let storage = self.deps.storage.clone();
         let user_id = self.chat_id;
@@ -263,7 +433,7 @@ impl Actor for Session {
 impl Handler<HandleUpdate> for Session {
     type Result = ();
 
-    fn handle(&mut self, msg: HandleUpdate, _: &mut Self::Context) {
+    fn handle(&mut self, msg: HandleUpdate, ctx: &mut Self::Context) {
         let update = msg.0;
         let parsed = match update.parse() {
             Ok(parsed) => parsed,
@@ -280,7 +450,17 @@ impl Handler<HandleUpdate> for Session {
             }
         };
         match &parsed.content {
-            UpdateContent::Message(message) => self.on_message(&update, message),
+            UpdateContent::Message(message) => self.on_message(&update, message, ctx),
+            UpdateContent::StoppedMessageGeneration(stop) => {
+                if !self.stop_generation(stop.draft_id) {
+                    log::debug!(
+                        "chat_id={}: nothing to stop for draft {}",
+                        self.chat_id,
+                        stop.draft_id
+                    );
+                }
+                self.done(update.update_id);
+            }
             _ => {
                 log::debug!(
                     "ignoring update_id={} kind={}",
@@ -289,6 +469,37 @@ impl Handler<HandleUpdate> for Session {
                 );
                 self.done(update.update_id);
             }
+        }
+    }
+}
+
+impl Handler<AnswerFinished> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: AnswerFinished, ctx: &mut Self::Context) {
+        self.current = None;
+        if let Some(answer) = msg.answer
+            && msg.epoch == self.conversation.epoch
+        {
+            let limit = self.deps.assistant.history_turns();
+            let history = self.history.get_or_insert_with(VecDeque::new);
+            history.push_back((msg.question.clone(), answer.clone()));
+            while history.len() > limit {
+                history.pop_front();
+            }
+            let storage = self.deps.storage.clone();
+            let user_id = self.chat_id;
+            ctx.spawn(
+                async move {
+                    if let Err(err) = storage.turn_push(user_id, msg.question, answer).await {
+                        log::warn!("chat_id={user_id}: could not save the exchange: {err}");
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+        if let Some(next) = self.waiting.pop_front() {
+            self.start_question(next, ctx);
         }
     }
 }

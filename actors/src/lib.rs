@@ -10,7 +10,8 @@
 //!   bounded priority queue, retries and restarts after panics;
 //! - [`probe`]: the [`Probe`](probe::Probe) message every actor answers, the
 //!   figures to answer it with, and a way to probe many actors under a deadline;
-//! - [`scheduler`]: an actor running named periodic jobs without overlap.
+//! - [`scheduler`]: an actor running named periodic jobs without overlap;
+//! - [`breaker`]: a circuit breaker for a dependency that keeps failing.
 //!
 //! # Keyed registry
 //!
@@ -166,6 +167,7 @@
 
 #![warn(missing_docs)]
 
+pub mod breaker;
 pub mod pool;
 pub mod probe;
 pub mod registry;

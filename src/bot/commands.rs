@@ -13,8 +13,16 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("reset", "Forget our conversation"),
 ];
 
-/// The answer to a text that is not a command, while no assistant runs.
-pub const TEXT_HINT: &str = "I answer commands. Send /help to see them.";
+/// A question while the user's earlier ones are still being answered.
+pub const ONE_AT_A_TIME: &str =
+    "I am still answering your earlier questions. Please wait for those answers first.";
+
+/// Appended to an answer the user stopped.
+pub const STOPPED: &str = "(stopped)";
+
+/// Appended to an answer the backend broke off.
+pub const CUT_OFF: &str =
+    "(The answer was cut off: the assistant stopped responding. Please ask again.)";
 
 pub const RESET_TEXT: &str = "Done: I have forgotten our conversation. We start afresh.";
 

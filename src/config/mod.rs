@@ -102,6 +102,26 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub redis_url: SecretUrl,
 
+    pub ai_api_url: String,
+    pub ai_api_key: Secret,
+    pub ai_model: String,
+    pub ai_system_prompt: String,
+    pub ai_history_turns: usize,
+    pub ai_max_tokens: u32,
+    pub ai_stream: bool,
+    pub ai_semaphore_limit: usize,
+    pub ai_queue_size: usize,
+    pub ai_per_user_inflight: usize,
+    pub ai_user_queue: usize,
+    pub ai_max_attempts: u32,
+    pub ai_breaker_failures: u32,
+    pub ai_breaker_cooldown: f64,
+    pub ai_cache_ttl: f64,
+    pub ai_cache_size: usize,
+    pub draft_interval: f64,
+    pub edit_interval: f64,
+    pub typing_interval: f64,
+
     pub user_state_timeout: f64,
     pub max_user_states: usize,
     pub user_mailbox_capacity: usize,
@@ -190,6 +210,9 @@ impl Config {
                 "expected an http:// or https:// URL",
             ));
         }
+        if !url_like(&self.ai_api_url) {
+            return Err(invalid("ai_api_url", "expected an http:// or https:// URL"));
+        }
         if !self.webhook_url.is_empty() && !url_like(&self.webhook_url) {
             return Err(invalid("webhook_url", "expected an https:// URL"));
         }
@@ -213,6 +236,11 @@ impl Config {
             ("telegram_group_per_minute", self.telegram_group_per_minute),
             ("anti_flood_window", self.anti_flood_window),
             ("user_state_timeout", self.user_state_timeout),
+            ("ai_breaker_cooldown", self.ai_breaker_cooldown),
+            ("ai_cache_ttl", self.ai_cache_ttl),
+            ("draft_interval", self.draft_interval),
+            ("edit_interval", self.edit_interval),
+            ("typing_interval", self.typing_interval),
             ("stats_cache_ttl", self.stats_cache_ttl),
             ("cleanup_interval", self.cleanup_interval),
             ("inbox_retention", self.inbox_retention),
@@ -234,6 +262,11 @@ impl Config {
             ("rate_limit_per_user", self.rate_limit_per_user as usize),
             ("anti_flood_messages", self.anti_flood_messages as usize),
             ("max_user_states", self.max_user_states),
+            ("ai_semaphore_limit", self.ai_semaphore_limit),
+            ("ai_per_user_inflight", self.ai_per_user_inflight),
+            ("ai_max_attempts", self.ai_max_attempts as usize),
+            ("ai_breaker_failures", self.ai_breaker_failures as usize),
+            ("ai_cache_size", self.ai_cache_size),
             ("user_mailbox_capacity", self.user_mailbox_capacity),
         ] {
             if value == 0 {
@@ -300,6 +333,10 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.shutdown_timeout)
+    }
+
+    pub fn secs(value: f64) -> Duration {
+        Duration::from_secs_f64(value)
     }
 
     pub fn user_state_timeout(&self) -> Duration {

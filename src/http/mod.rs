@@ -17,6 +17,7 @@ use actix_web::{App, HttpResponse, HttpServer, dev::Server, web};
 use actorbot_actors::probe::{Health, Probe, ProbeReport, probe_all};
 use serde_json::json;
 
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::intake::Incoming;
 use crate::intake::webhook::{self, WebhookState};
@@ -39,6 +40,7 @@ pub struct Observed {
     pub intake: Arc<Mutex<Option<Recipient<Probe>>>>,
     pub sessions: Sessions,
     pub storage: Storage,
+    pub cache: Arc<Cache>,
     pub started: Instant,
 }
 
@@ -135,7 +137,19 @@ fn status_word(health: &Health) -> &'static str {
 
 async fn health(observed: web::Data<Observed>) -> HttpResponse {
     let (reports, (db_health, db)) = tokio::join!(observed.probe(), observed.database());
-    let overall = worst(&reports).worst(db_health);
+    let cache_health = match observed.cache.redis_down_since() {
+        Some(since) => Health::Degraded(format!(
+            "Redis failing for {}s; answering from the in-process cache",
+            since.elapsed().as_secs()
+        )),
+        None => Health::Healthy,
+    };
+    let cache = json!({
+        "backend": observed.cache.backend(),
+        "health": cache_health,
+        "figures": observed.cache.stats(),
+    });
+    let overall = worst(&reports).worst(db_health).worst(cache_health);
     let actors: Vec<_> = flatten(&reports)
         .into_iter()
         .map(|r| json!({"name": r.name, "health": r.health}))
@@ -144,7 +158,7 @@ async fn health(observed: web::Data<Observed>) -> HttpResponse {
         "status": status_word(&overall),
         "uptime_s": observed.started.elapsed().as_secs(),
         "actors": actors,
-        "dependencies": {"database": db},
+        "dependencies": {"database": db, "cache": cache},
     });
     let mut response = match overall {
         Health::Unhealthy(_) => HttpResponse::ServiceUnavailable(),

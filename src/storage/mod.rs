@@ -444,7 +444,9 @@ impl Storage {
     }
 
     /// Appends a turn. A user's turns are written by that user's session
-    /// only, so the next number cannot race.
+    /// only, one at a time, so the next number cannot race; and without a
+    /// transaction, SQLite never has to upgrade a read lock to a write lock
+    /// (which fails at once, busy timeout or not, when another writer is on).
     pub async fn turn_push(
         &self,
         user_id: i64,
@@ -452,7 +454,7 @@ impl Storage {
         answer: String,
     ) -> Result<(), StorageError> {
         self.blocking(move |pools| {
-            with_conn!(pools, |conn| conn.transaction(|conn| {
+            with_conn!(pools, |conn| {
                 let last: Option<i64> = ai_turns::table
                     .filter(ai_turns::user_id.eq(user_id))
                     .select(diesel::dsl::max(ai_turns::seq))
@@ -466,8 +468,8 @@ impl Storage {
                         created_at: now_millis(),
                     })
                     .execute(conn)?;
-                Ok::<_, StorageError>(())
-            }))
+            });
+            Ok(())
         })
         .await
     }

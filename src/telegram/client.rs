@@ -116,7 +116,8 @@ impl Endpoint {
     }
 }
 
-fn tls_config() -> rustls::ClientConfig {
+/// TLS with the ring provider and the webpki roots, for every HTTPS client.
+pub fn tls_config() -> rustls::ClientConfig {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod error;
+pub mod format;
 pub mod outbox;
 pub mod split;
 pub mod update;

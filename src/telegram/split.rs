@@ -13,10 +13,19 @@ pub const MESSAGE_LIMIT: usize = 4096;
 /// Joining the parts gives back the text, less the one line break or space
 /// at each cut. Empty text gives no parts.
 pub fn split_text(text: &str, limit: usize) -> Vec<String> {
+    split_points(text, limit)
+        .into_iter()
+        .map(|(start, end)| text[start..end].to_string())
+        .collect()
+}
+
+/// The byte ranges of the parts [`split_text`] makes.
+pub fn split_points(text: &str, limit: usize) -> Vec<(usize, usize)> {
     assert!(limit > 0, "a split limit of zero makes no parts");
     let mut parts = Vec::new();
-    let mut rest = text;
-    while utf16_len(rest) > limit {
+    let mut at = 0;
+    while utf16_len(&text[at..]) > limit {
+        let rest = &text[at..];
         let hard = byte_index_at_utf16(rest, limit);
         let window = &rest[..hard];
         // A break at the very start would make an empty part; ignore it.
@@ -27,17 +36,17 @@ pub fn split_text(text: &str, limit: usize) -> Vec<String> {
         match cut {
             Some(i) => {
                 let separator_len = rest[i..].chars().next().map_or(1, char::len_utf8);
-                parts.push(rest[..i].to_string());
-                rest = &rest[i + separator_len..];
+                parts.push((at, at + i));
+                at += i + separator_len;
             }
             None => {
-                parts.push(window.to_string());
-                rest = &rest[hard..];
+                parts.push((at, at + hard));
+                at += hard;
             }
         }
     }
-    if !rest.is_empty() {
-        parts.push(rest.to_string());
+    if at < text.len() {
+        parts.push((at, text.len()));
     }
     parts
 }

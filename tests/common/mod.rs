@@ -369,3 +369,23 @@ impl Drop for PgDatabase {
         }
     }
 }
+
+/// The Redis to test against (`ACTORBOT_TEST_REDIS_URL`), or a visible skip
+/// (a failure when `ACTORBOT_REQUIRE_REDIS=1`, as in CI).
+pub fn redis_url(test: &str) -> Option<String> {
+    match std::env::var("ACTORBOT_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("ACTORBOT_REQUIRE_REDIS").as_deref() != Ok("1"),
+                "ACTORBOT_REQUIRE_REDIS=1 but ACTORBOT_TEST_REDIS_URL is not set"
+            );
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: {test} (set ACTORBOT_TEST_REDIS_URL)"
+            );
+            None
+        }
+    }
+}

@@ -182,6 +182,16 @@ impl FakeTelegram {
         })
     }
 
+    /// The user pressed "stop" on the draft `draft_id` being streamed to them.
+    pub fn inject_stop(&self, chat_id: i64, draft_id: i64) -> i64 {
+        self.state().update(|s| {
+            s.push_update(serde_json::json!({"stopped_message_generation": {
+                "chat": updates::chat(chat_id),
+                "draft_id": draft_id,
+            }}))
+        })
+    }
+
     /// Stores a file the bot can fetch with getFile; returns its
     /// `(file_id, file_unique_id)`.
     pub fn add_file(&self, bytes: Vec<u8>, extension: &str) -> (String, String) {

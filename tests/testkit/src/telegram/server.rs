@@ -221,6 +221,7 @@ fn call(
             if text.encode_utf16().count() > 4096 {
                 return Err(ApiError::bad_request("message is too long"));
             }
+            check_formatting(params, &text)?;
             let message = new_message(s, chat_id, "sendMessage", text, params, None, at);
             Ok(message_json(bot_id, &message))
         }
@@ -235,6 +236,7 @@ fn call(
             if text.encode_utf16().count() > 4096 {
                 return Err(ApiError::bad_request("MESSAGE_TOO_LONG"));
             }
+            check_formatting(params, &text)?;
             let message = s
                 .messages
                 .iter_mut()
@@ -273,6 +275,7 @@ fn call(
             if text.encode_utf16().count() > 4096 {
                 return Err(ApiError::bad_request("message is too long"));
             }
+            check_formatting(params, &text)?;
             s.drafts.push(Draft {
                 chat_id,
                 draft_id,
@@ -674,6 +677,52 @@ fn string_list(params: &Params, key: &str) -> Vec<String> {
         .iter()
         .filter_map(|v| v.as_str().map(str::to_string))
         .collect()
+}
+
+/// Checks a text's formatting the way Telegram does: entities must lie
+/// within the text, and a parse mode must parse.
+fn check_formatting(params: &Params, text: &str) -> Result<(), ApiError> {
+    let len = text.encode_utf16().count() as i64;
+    if let Some(entities) = json_field(params, "entities").and_then(|v| v.as_array().cloned()) {
+        for entity in entities {
+            let offset = entity["offset"].as_i64().unwrap_or(-1);
+            let length = entity["length"].as_i64().unwrap_or(-1);
+            if offset < 0 || length <= 0 || offset + length > len {
+                return Err(ApiError::bad_request(&format!(
+                    "can't parse entities: entity at offset {offset} with length {length} is outside a text of {len} characters"
+                )));
+            }
+        }
+    }
+    match string(params, "parse_mode").as_deref() {
+        Some("MarkdownV2") => {
+            let mut escaped = false;
+            for (i, c) in text.chars().enumerate() {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if ">#+-=|{}.!".contains(c) {
+                    // Characters that are never markup must be escaped.
+                    return Err(ApiError::bad_request(&format!(
+                        "can't parse entities: Character '{c}' is reserved and must be escaped with the preceding '\\' (at {i})"
+                    )));
+                }
+            }
+            Ok(())
+        }
+        Some("HTML") => {
+            let opened = text.matches('<').count();
+            let closed = text.matches('>').count();
+            if opened != closed {
+                return Err(ApiError::bad_request(
+                    "can't parse entities: Unclosed start tag",
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn require_chat(params: &Params) -> Result<i64, ApiError> {

@@ -1,0 +1,361 @@
+//! The AI pool: an actor that owns the backend's connections, its limits
+//! and its circuit breaker.
+//!
+//! At most `AI_SEMAPHORE_LIMIT` requests are in flight; past that, requests
+//! wait in a bounded queue (`AI_QUEUE_SIZE`), and past that they are refused
+//! at once as busy. One user may have at most `AI_PER_USER_INFLIGHT`
+//! requests in flight, so nobody's flood takes the whole pool. Each request
+//! is tried up to `AI_MAX_ATTEMPTS` times, with jittered exponential backoff
+//! after 5xx, timeouts and broken streams and the backend's `Retry-After`
+//! after a 429. Every attempt tells the breaker how the backend did; while
+//! it is open, requests are refused at once and queued ones are failed.
+//!
+//! The pool runs on its own arbiter: its requests are futures on that one
+//! thread, sharing one pooled awc client and the breaker.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actorbot_actors::breaker::{Admission, BreakerState, CircuitBreaker};
+use actorbot_actors::probe::{Health, MailboxFigures, Probe, ProbeReport};
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
+
+use super::client::{AiError, Backend, ChatMessage, Progress, complete};
+use crate::metrics;
+
+/// The pool's limits, from the configuration.
+#[derive(Debug, Clone)]
+pub struct PoolLimits {
+    pub in_flight: usize,
+    pub queue: usize,
+    pub per_user: usize,
+    pub attempts: u32,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    pub max_connections: usize,
+}
+
+/// Asks the backend; answers the full text or why there is none.
+#[derive(Message)]
+#[rtype(result = "Result<String, AiError>")]
+pub struct Ask {
+    pub user_id: i64,
+    pub messages: Vec<ChatMessage>,
+    pub progress: Option<UnboundedSender<Progress>>,
+    /// Fires (or is dropped) when the asker no longer wants the answer.
+    pub cancel: oneshot::Receiver<()>,
+}
+
+/// Figures for probes and metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PoolStats {
+    pub in_flight: usize,
+    pub queued: usize,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub refused_busy: u64,
+    pub refused_open: u64,
+    pub retries: u64,
+}
+
+type Reply = oneshot::Sender<Result<String, AiError>>;
+
+struct Waiting {
+    ask: Ask,
+    reply: Reply,
+    since: Instant,
+}
+
+pub struct AiPool {
+    backend: Backend,
+    limits: PoolLimits,
+    http: Option<awc::Client>,
+    per_user: HashMap<i64, usize>,
+    queue: VecDeque<Waiting>,
+    breaker: Rc<RefCell<CircuitBreaker>>,
+    stats: PoolStats,
+    last_activity: Option<Instant>,
+}
+
+impl AiPool {
+    pub fn new(backend: Backend, limits: PoolLimits) -> AiPool {
+        let breaker = CircuitBreaker::new(limits.breaker_failures, limits.breaker_cooldown);
+        AiPool {
+            backend,
+            limits,
+            http: None,
+            per_user: HashMap::new(),
+            queue: VecDeque::new(),
+            breaker: Rc::new(RefCell::new(breaker)),
+            stats: PoolStats::default(),
+            last_activity: None,
+        }
+    }
+
+    fn breaker_state(&self) -> BreakerState {
+        self.breaker.borrow().state(Instant::now())
+    }
+
+    fn publish(&self) {
+        metrics::AI_IN_FLIGHT.set(self.stats.in_flight as i64);
+        metrics::QUEUE_DEPTH
+            .with_label_values(&["ai"])
+            .set(self.queue.len() as i64);
+        metrics::AI_BREAKER.set(match self.breaker_state() {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        });
+    }
+
+    fn start(&mut self, waiting: Waiting, ctx: &mut Context<Self>) {
+        let Waiting { ask, reply, since } = waiting;
+        metrics::AI_QUEUE_WAIT.observe(since.elapsed().as_secs_f64());
+        self.stats.in_flight += 1;
+        *self.per_user.entry(ask.user_id).or_default() += 1;
+        let user_id = ask.user_id;
+        let http = self.http.clone().unwrap_or_default();
+        let backend = self.backend.clone();
+        let breaker = self.breaker.clone();
+        let attempts = self.limits.attempts;
+        let work = attempt_all(http, backend, breaker, attempts, ask);
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |(result, retries), this, ctx| {
+                    this.stats.in_flight -= 1;
+                    this.stats.retries += u64::from(retries);
+                    if let Some(n) = this.per_user.get_mut(&user_id) {
+                        *n -= 1;
+                        if *n == 0 {
+                            this.per_user.remove(&user_id);
+                        }
+                    }
+                    let outcome = match &result {
+                        Ok(_) => {
+                            this.stats.completed += 1;
+                            "ok"
+                        }
+                        Err(AiError::Cancelled) => {
+                            this.stats.cancelled += 1;
+                            "cancelled"
+                        }
+                        Err(err) => {
+                            this.stats.failed += 1;
+                            err.kind()
+                        }
+                    };
+                    metrics::AI_REQUESTS.with_label_values(&[outcome]).inc();
+                    let _ = reply.send(result);
+                    this.last_activity = Some(Instant::now());
+                    this.next(ctx);
+                }),
+        );
+        self.publish();
+    }
+
+    /// Starts queued requests while there is room; fails them all while the
+    /// breaker is open.
+    fn next(&mut self, ctx: &mut Context<Self>) {
+        if self.breaker_state() == BreakerState::Open {
+            let retry_in = self.limits.breaker_cooldown;
+            for waiting in self.queue.drain(..) {
+                self.stats.refused_open += 1;
+                let _ = waiting.reply.send(Err(AiError::Unavailable(retry_in)));
+            }
+        }
+        while self.stats.in_flight < self.limits.in_flight {
+            let Some(mut waiting) = self.queue.pop_front() else {
+                break;
+            };
+            if !matches!(
+                waiting.ask.cancel.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty)
+            ) {
+                self.stats.cancelled += 1;
+                let _ = waiting.reply.send(Err(AiError::Cancelled));
+                continue;
+            }
+            self.start(waiting, ctx);
+        }
+        self.stats.queued = self.queue.len();
+        self.publish();
+    }
+}
+
+/// Tries a request up to `attempts` times; answers the result and how many
+/// retries it took.
+async fn attempt_all(
+    http: awc::Client,
+    backend: Backend,
+    breaker: Rc<RefCell<CircuitBreaker>>,
+    attempts: u32,
+    ask: Ask,
+) -> (Result<String, AiError>, u32) {
+    let Ask {
+        messages,
+        progress,
+        mut cancel,
+        ..
+    } = ask;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if attempt > 1 {
+            // Retries pass the breaker too: a backend that went down while
+            // this request waited is not hammered further.
+            if let Admission::Refused(retry_in) = breaker.borrow_mut().admit(Instant::now()) {
+                return (Err(AiError::Unavailable(retry_in)), attempt - 2);
+            }
+        }
+        let started = Instant::now();
+        let result = tokio::select! {
+            result = complete(&http, &backend, &messages, progress.as_ref()) => result,
+            _ = &mut cancel => Err(AiError::Cancelled),
+        };
+        metrics::AI_REQUEST_SECONDS.observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => breaker.borrow_mut().succeeded(),
+            Err(err) if err.is_backend_failure() => breaker.borrow_mut().failed(Instant::now()),
+            Err(_) => breaker.borrow_mut().abandoned(),
+        }
+        let error = match result {
+            Ok(text) => return (Ok(text), attempt - 1),
+            Err(err) if !err.is_retriable() || attempt >= attempts => {
+                return (Err(err), attempt - 1);
+            }
+            Err(err) => err,
+        };
+        let delay = match &error {
+            AiError::Status {
+                retry_after: Some(after),
+                ..
+            } => (*after).min(Duration::from_secs(60)),
+            _ => backoff(attempt),
+        };
+        log::debug!(
+            "AI attempt {attempt} failed ({error}); retrying in {}ms",
+            delay.as_millis()
+        );
+        if let Some(progress) = &progress {
+            let _ = progress.send(Progress::Restart);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut cancel => return (Err(AiError::Cancelled), attempt - 1),
+        }
+    }
+}
+
+/// 100 ms, 200 ms, 400 ms ... (at most 5 s), each between half and all of it.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(100)
+        .saturating_mul(1 << attempt.saturating_sub(1).min(6))
+        .min(Duration::from_secs(5));
+    base.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+impl Actor for AiPool {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.limits.queue.max(16));
+        let connector = awc::Connector::new()
+            .rustls_0_23(std::sync::Arc::new(crate::telegram::client::tls_config()))
+            .limit(self.limits.max_connections)
+            .conn_keep_alive(Duration::from_secs(90))
+            .timeout(self.backend.timeout.min(Duration::from_secs(10)));
+        self.http = Some(
+            awc::Client::builder()
+                .connector(connector)
+                .timeout(self.backend.timeout)
+                .finish(),
+        );
+        // Publish the breaker's state as it changes with time alone.
+        ctx.run_interval(Duration::from_millis(500), |this, _| this.publish());
+    }
+}
+
+impl Handler<Ask> for AiPool {
+    type Result = ResponseFuture<Result<String, AiError>>;
+
+    fn handle(&mut self, ask: Ask, ctx: &mut Self::Context) -> Self::Result {
+        log::debug!(
+            "ask from user {}: {} in flight, {} queued",
+            ask.user_id,
+            self.stats.in_flight,
+            self.queue.len()
+        );
+        let (reply, answer) = oneshot::channel();
+        let refused = |err: AiError| -> Self::Result { Box::pin(async move { Err(err) }) };
+        let user_load = self.per_user.get(&ask.user_id).copied().unwrap_or(0);
+        if user_load >= self.limits.per_user {
+            self.stats.refused_busy += 1;
+            return refused(AiError::Busy);
+        }
+        let room = self.stats.in_flight < self.limits.in_flight;
+        if !room && self.queue.len() >= self.limits.queue {
+            self.stats.refused_busy += 1;
+            return refused(AiError::Busy);
+        }
+        match self.breaker.borrow_mut().admit(Instant::now()) {
+            Admission::Refused(retry_in) => {
+                self.stats.refused_open += 1;
+                return refused(AiError::Unavailable(retry_in));
+            }
+            Admission::Pass | Admission::Probe => {}
+        }
+        let waiting = Waiting {
+            ask,
+            reply,
+            since: Instant::now(),
+        };
+        if room {
+            self.start(waiting, ctx);
+        } else {
+            self.queue.push_back(waiting);
+            self.stats.queued = self.queue.len();
+            self.publish();
+        }
+        Box::pin(async move {
+            answer
+                .await
+                .unwrap_or(Err(AiError::Connect("the AI pool stopped".into())))
+        })
+    }
+}
+
+impl Handler<Probe> for AiPool {
+    type Result = MessageResult<Probe>;
+
+    fn handle(&mut self, _: Probe, _: &mut Self::Context) -> Self::Result {
+        let state = self.breaker_state();
+        let health = match state {
+            BreakerState::Closed => Health::Healthy,
+            BreakerState::HalfOpen => Health::Degraded("the AI backend is being probed".into()),
+            BreakerState::Open => Health::Degraded(
+                "the AI backend keeps failing; requests are refused for now".into(),
+            ),
+        };
+        let mut report = ProbeReport::new("ai", health)
+            .detail("breaker", state)
+            .detail("breaker_opened", self.breaker.borrow().times_opened())
+            .detail("requests", &self.stats)
+            .detail("limit", self.limits.in_flight)
+            .detail("backend", &self.backend.url)
+            .detail("model", &self.backend.model);
+        report.mailbox = Some(MailboxFigures {
+            depth: self.queue.len(),
+            capacity: self.limits.queue,
+        });
+        report.handled = self.stats.completed + self.stats.failed;
+        report.idle_ms = self.last_activity.map(|t| t.elapsed().as_millis() as u64);
+        MessageResult(report)
+    }
+}

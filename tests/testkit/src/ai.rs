@@ -1,1 +1,0 @@
-//! A fake OpenAI-compatible chat completions server (being written).
