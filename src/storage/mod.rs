@@ -114,9 +114,10 @@ struct SqliteSetup;
 
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        // The busy timeout goes first, so that what follows waits for a
+        // writer instead of failing. WAL is set once, when the pool is built.
         conn.batch_execute(
-            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
-             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )
         .map_err(diesel::r2d2::Error::QueryError)
     }
@@ -173,6 +174,19 @@ impl Storage {
                         message: e.to_string(),
                     })?;
                 }
+                let connect_error = |e: String| StorageError::Connect {
+                    backend: "sqlite",
+                    target: path.display().to_string(),
+                    message: e,
+                };
+                // WAL is a property of the file: set it once, before several
+                // connections open at the same time.
+                let mut first = SqliteConnection::establish(&path.to_string_lossy())
+                    .map_err(|e| connect_error(e.to_string()))?;
+                first
+                    .batch_execute("PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL;")
+                    .map_err(|e| connect_error(e.to_string()))?;
+                drop(first);
                 let manager = ConnectionManager::<SqliteConnection>::new(path.to_string_lossy());
                 let pool = Pool::builder()
                     .min_idle(Some(min.min(max)))

@@ -7,6 +7,7 @@
 //! and await conditions on what the bot did.
 
 pub mod openai;
+mod serve;
 pub mod telegram;
 mod wait;
 

@@ -18,10 +18,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use crate::serve::{Served, serve};
 use crate::wait::{WaitTimeout, Watched};
 
 /// How to start the fake.
@@ -143,40 +144,18 @@ impl FakeAi {
                 ..AiState::default()
             }),
         });
-        let (tx, rx) = std::sync::mpsc::channel();
-        let for_thread = shared.clone();
-        std::thread::Builder::new()
-            .name("fake-ai".into())
-            .spawn(move || {
-                let system = actix_rt::System::new();
-                let started = system.block_on(async {
-                    let data = web::Data::new(for_thread);
-                    let server = HttpServer::new(move || {
-                        App::new()
-                            .app_data(data.clone())
-                            .app_data(web::JsonConfig::default().limit(16 << 20))
-                            .route("/v1/chat/completions", web::post().to(completions))
-                            .route("/v1/models", web::get().to(models))
-                    })
-                    .workers(config.workers.max(1))
-                    .disable_signals()
-                    .backlog(8192)
-                    .max_connections(100_000)
-                    .max_connection_rate(8192)
-                    .bind(config.addr)?;
-                    let addr = server.addrs()[0];
-                    actix_rt::spawn(server.run());
-                    Ok::<_, std::io::Error>((addr, actix_rt::System::current()))
-                });
-                let ok = started.is_ok();
-                let _ = tx.send(started);
-                if ok {
-                    let _ = system.run();
-                }
-            })?;
-        let (addr, system) = rx
-            .recv()
-            .map_err(|_| std::io::Error::other("the fake AI thread died"))??;
+        let data = web::Data::new(shared.clone());
+        let Served { addr, system } = serve(
+            "fake-ai",
+            config.addr,
+            config.workers,
+            move |cfg: &mut web::ServiceConfig| {
+                cfg.app_data(data.clone())
+                    .route("/v1/chat/completions", web::post().to(completions))
+                    .route("/v1/models", web::get().to(models));
+            },
+            None,
+        )?;
         Ok(FakeAi {
             inner: Arc::new(Inner {
                 shared,

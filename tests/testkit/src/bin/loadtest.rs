@@ -13,6 +13,9 @@
 //!   new user; percentiles of the time from injection to the reply's arrival.
 //! - memory: `--idle-users` users each send /start and go quiet; the
 //!   daemon's resident memory growth per live user actor.
+//! - ai: `--ai-users` users ask the assistant at once, against a fake
+//!   OpenAI backend that takes `--ai-latency-ms` per answer; the time until
+//!   the last user has the full answer, and the time above the backend's own.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -20,6 +23,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use actorbot_testkit::openai::{FakeAi, FakeAiConfig};
 use actorbot_testkit::telegram::{FakeTelegram, FakeTelegramConfig};
 use clap::Parser;
 
@@ -52,6 +56,12 @@ struct Args {
     /// Memory: users who each send one /start and go quiet.
     #[arg(long, default_value_t = 100_000)]
     idle_users: u64,
+    /// AI: users asking at once.
+    #[arg(long, default_value_t = 1_000)]
+    ai_users: u64,
+    /// AI: the fake backend's time per answer.
+    #[arg(long, default_value_t = 1_000)]
+    ai_latency_ms: u64,
     /// Extra environment for the daemon, KEY=VALUE.
     #[arg(long = "env")]
     env: Vec<String>,
@@ -59,14 +69,14 @@ struct Args {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    // awc runs on actix's single-threaded runtime.
+    let runtime = actix_rt::System::new();
     for what in args.run.split(',').map(str::trim) {
         match what {
             "throughput" => runtime.block_on(throughput(&args))?,
             "latency" => runtime.block_on(latency(&args))?,
             "memory" => runtime.block_on(memory(&args))?,
+            "ai" => runtime.block_on(ai(&args))?,
             other => return Err(format!("unknown measurement {other:?}").into()),
         }
     }
@@ -76,6 +86,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// A daemon process against its own fake.
 struct Rig {
     fake: FakeTelegram,
+    _ai: Option<FakeAi>,
     daemon: Child,
     http: SocketAddr,
     data_dir: PathBuf,
@@ -83,6 +94,13 @@ struct Rig {
 
 impl Rig {
     async fn start(args: &Args) -> Result<Rig, Box<dyn std::error::Error>> {
+        Rig::start_with(args, None).await
+    }
+
+    async fn start_with(
+        args: &Args,
+        ai: Option<FakeAi>,
+    ) -> Result<Rig, Box<dyn std::error::Error>> {
         let fake = FakeTelegram::start(FakeTelegramConfig {
             token: TOKEN.into(),
             record_calls: false,
@@ -113,6 +131,12 @@ impl Rig {
             .env("ANTI_FLOOD_MESSAGES", "1000000")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if let Some(ai) = &ai {
+            command
+                .env("AI_API_URL", ai.api_url())
+                .env("AI_SEMAPHORE_LIMIT", args.ai_users.to_string())
+                .env("AI_QUEUE_SIZE", args.ai_users.to_string());
+        }
         for pair in &args.env {
             if let Some((key, value)) = pair.split_once('=') {
                 command.env(key, value);
@@ -121,6 +145,7 @@ impl Rig {
         let daemon = command.spawn()?;
         let rig = Rig {
             fake,
+            _ai: ai,
             daemon,
             http,
             data_dir,
@@ -285,6 +310,44 @@ async fn memory(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
          (everything the daemon keeps per user, allocator overhead included)",
         before / 1024,
         after / 1024
+    );
+    Ok(())
+}
+
+async fn ai(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let latency = Duration::from_millis(args.ai_latency_ms);
+    let backend = FakeAi::start(FakeAiConfig {
+        latency,
+        ..Default::default()
+    })?;
+    let rig = Rig::start_with(args, Some(backend.clone())).await?;
+    // Warm up the connections to both fakes.
+    rig.fake.inject_text(9_000_000, "warm up");
+    rig.wait_messages(1, Duration::from_secs(30)).await?;
+    let base = rig.fake.total_messages();
+    let n = args.ai_users as usize;
+    let started = Instant::now();
+    for user in 0..n {
+        rig.fake
+            .inject_text(8_000_000 + user as i64, &format!("question {user}"));
+    }
+    rig.wait_messages(base + n, Duration::from_secs(300))
+        .await?;
+    let mut times: Vec<f64> = rig.fake.all_messages()[base..]
+        .iter()
+        .map(|m| m.at.duration_since(started).as_secs_f64())
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let last = times.last().copied().unwrap_or(0.0);
+    let median = times[times.len() / 2];
+    println!(
+        "ai: {n} users asking at once, backend {} ms per answer: last full answer after {last:.3} s; \
+         median {median:.3} s; above the backend's own time: median {:.0} ms, last {:.0} ms; \
+         backend saw at most {} requests at once",
+        latency.as_millis(),
+        (median - latency.as_secs_f64()) * 1000.0,
+        (last - latency.as_secs_f64()) * 1000.0,
+        backend.max_in_flight()
     );
     Ok(())
 }

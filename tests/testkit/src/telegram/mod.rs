@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
+use actix_web::web;
 use serde_json::Value;
 
 pub use state::{
@@ -26,6 +26,7 @@ pub use state::{
     UploadedFile, WebhookInfo,
 };
 
+use crate::serve::{Served, serve};
 use crate::wait::{WaitTimeout, Watched};
 use server::Shared;
 
@@ -91,40 +92,20 @@ impl FakeTelegram {
                 config.record_calls,
             )),
         });
-        let (tx, rx) = std::sync::mpsc::channel();
-        let for_thread = shared.clone();
-        std::thread::Builder::new()
-            .name("fake-telegram".into())
-            .spawn(move || {
-                let system = actix_rt::System::new();
-                let started = system.block_on(async {
-                    let data = web::Data::new(for_thread.clone());
-                    let server = HttpServer::new(move || {
-                        App::new()
-                            .app_data(data.clone())
-                            .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
-                            .app_data(web::JsonConfig::default().limit(16 * 1024 * 1024))
-                            .configure(server::configure)
-                    })
-                    .workers(config.workers.max(1))
-                    .disable_signals()
-                    .backlog(4096)
-                    .max_connection_rate(4096)
-                    .bind(config.addr)?;
-                    let addr = server.addrs()[0];
-                    actix_rt::spawn(server.run());
-                    actix_rt::spawn(server::deliver_webhooks(for_thread));
-                    Ok::<_, std::io::Error>((addr, actix_rt::System::current()))
-                });
-                let ok = started.is_ok();
-                let _ = tx.send(started);
-                if ok {
-                    let _ = system.run();
-                }
-            })?;
-        let (addr, system) = rx
-            .recv()
-            .map_err(|_| std::io::Error::other("the fake Telegram thread died"))??;
+        let data = web::Data::new(shared.clone());
+        let webhooks = shared.clone();
+        let Served { addr, system } = serve(
+            "fake-telegram",
+            config.addr,
+            config.workers,
+            move |cfg: &mut web::ServiceConfig| {
+                cfg.app_data(data.clone());
+                server::configure(cfg);
+            },
+            Some(Box::new(move || {
+                Box::pin(server::deliver_webhooks(webhooks))
+            })),
+        )?;
         Ok(FakeTelegram {
             inner: Arc::new(Inner {
                 shared,

@@ -1,0 +1,64 @@
+//! Running a fake: an actix-web server on an actix system of its own
+//! thread, so that any caller (a test on any runtime, a plain `main`) can
+//! start one and stop it by stopping its system.
+
+use std::net::SocketAddr;
+
+use actix_web::{App, HttpServer, web};
+use futures_util::future::LocalBoxFuture;
+
+/// A fake's server: where it listens and the system to stop it with.
+pub(crate) struct Served {
+    pub addr: SocketAddr,
+    pub system: actix_rt::System,
+}
+
+/// Starts a server whose routes `configure` adds, plus an optional
+/// background task on the system's own thread, and returns once it listens.
+pub(crate) fn serve<F>(
+    name: &str,
+    addr: SocketAddr,
+    workers: usize,
+    configure: F,
+    background: Option<Box<dyn FnOnce() -> LocalBoxFuture<'static, ()> + Send>>,
+) -> std::io::Result<Served>
+where
+    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let system = actix_rt::System::new();
+            let started = system.block_on(async {
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(web::PayloadConfig::new(64 << 20))
+                        .app_data(web::JsonConfig::default().limit(16 << 20))
+                        .configure(configure.clone())
+                })
+                .workers(workers.max(1))
+                .disable_signals()
+                .backlog(8192)
+                .max_connections(100_000)
+                .max_connection_rate(8192)
+                .bind(addr)?;
+                let addr = server.addrs()[0];
+                actix_rt::spawn(server.run());
+                if let Some(task) = background {
+                    actix_rt::spawn(task());
+                }
+                Ok::<_, std::io::Error>(Served {
+                    addr,
+                    system: actix_rt::System::current(),
+                })
+            });
+            let ok = started.is_ok();
+            let _ = tx.send(started);
+            if ok {
+                let _ = system.run();
+            }
+        })?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other(format!("the {name} thread died")))?
+}
