@@ -176,6 +176,23 @@ impl Cache {
         }
     }
 
+    /// Pings Redis, when there is one: its round-trip time, or why it
+    /// failed. A ping that succeeds ends a "down" spell as any command does.
+    pub async fn ping(&self) -> Option<Result<Duration, String>> {
+        self.redis.as_ref()?;
+        let started = Instant::now();
+        let pong = self
+            .redis_call(
+                |mut redis, _| async move { redis::cmd("PING").query_async::<String>(&mut redis).await },
+                "ping",
+            )
+            .await;
+        Some(match pong {
+            Some(_) => Ok(started.elapsed()),
+            None => Err("no answer from Redis".to_string()),
+        })
+    }
+
     /// `Some(since)` while Redis is failing.
     pub fn redis_down_since(&self) -> Option<Instant> {
         *self

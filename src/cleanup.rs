@@ -1,15 +1,18 @@
 //! The cleanup job, run by the scheduler every `CLEANUP_INTERVAL`: removes
 //! answered inbox rows past their retention, finished jobs, and temporary
-//! files older than `TEMP_FILE_MAX_AGE`, and logs what it freed.
+//! files older than `TEMP_FILE_MAX_AGE`, expired in-process cache entries
+//! (Redis expires its own), and logs what it freed.
 //!
 //! Expiring user states is not here: the session registry retires idle
 //! sessions itself.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actorbot_actors::scheduler::Schedule;
 
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::storage::{Storage, now_millis};
 
@@ -20,23 +23,29 @@ pub struct Freed {
     pub jobs: usize,
     pub files: usize,
     pub bytes: u64,
+    pub cache_entries: usize,
 }
 
 /// The periodic job for the scheduler.
-pub fn schedule(config: &Config, storage: Storage) -> Schedule {
+pub fn schedule(config: &Config, storage: Storage, caches: Vec<Arc<Cache>>) -> Schedule {
     let retention = config.inbox_retention();
     let temp_dir = config.temp_dir();
     let max_age = config.temp_file_max_age();
     Schedule::every("cleanup", config.cleanup_interval(), move || {
         let (storage, temp_dir) = (storage.clone(), temp_dir.clone());
+        let cache_entries = caches.iter().map(|cache| cache.sweep()).sum();
         async move {
-            let freed = run(&storage, retention, temp_dir, max_age).await?;
+            let freed = Freed {
+                cache_entries,
+                ..run(&storage, retention, temp_dir, max_age).await?
+            };
             log::info!(
-                "cleanup: removed {} answered inbox rows, {} finished jobs, {} temporary files ({} bytes)",
+                "cleanup: removed {} answered inbox rows, {} finished jobs, {} temporary files ({} bytes), {} expired cache entries",
                 freed.inbox_rows,
                 freed.jobs,
                 freed.files,
-                freed.bytes
+                freed.bytes,
+                freed.cache_entries
             );
             Ok::<_, anyhow::Error>(())
         }
@@ -60,6 +69,7 @@ pub async fn run(
         jobs,
         files,
         bytes,
+        cache_entries: 0,
     })
 }
 

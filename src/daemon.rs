@@ -12,8 +12,8 @@
 //! what is queued; the journal writes the last done marks; then the HTTP
 //! server stops.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -28,11 +28,15 @@ use crate::bot::ratelimit::RateLimits;
 use crate::cache::Cache;
 use crate::cleanup;
 use crate::config::Config;
+use crate::health::HealthChecker;
+use crate::health::checker::Remotes;
 use crate::http;
+use crate::images::ImagePool;
 use crate::intake::polling::{Poller, StopPolling};
 use crate::journal::{Flush, Journal};
+use crate::pdf::jobs::{PdfJobs, ResumeJobs};
 use crate::router::{Replay, Router, Sessions, StopIntake};
-use crate::session::{Session, SessionDeps};
+use crate::session::{AdminDeps, Documents, Session, SessionDeps};
 use crate::storage::Storage;
 use crate::telegram::outbox::{GetStats, Limits, Outbox};
 use crate::telegram::params::{DeleteWebhookParams, SetMyCommandsParams, SetWebhookParams};
@@ -76,12 +80,42 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Journal::new(journal_storage)
     });
     let replies_in_flight = Arc::new(AtomicUsize::new(0));
-    let cache = Arc::new(open_cache(&config).await);
+    let cache = Arc::new(
+        open_cache(
+            &config,
+            "ai",
+            Config::secs(config.ai_cache_ttl),
+            config.ai_cache_size,
+        )
+        .await,
+    );
+    let image_cache = Arc::new(
+        open_cache(
+            &config,
+            "images",
+            Config::secs(config.image_cache_ttl),
+            config.image_cache_size,
+        )
+        .await,
+    );
+    // Images and PDFs share an event loop; their CPU work runs on the
+    // pools' own threads.
+    let documents_arbiter = Arbiter::new();
+    let images = ImagePool::start_on(&documents_arbiter.handle(), &config, image_cache.clone())
+        .context("cannot start the image workers")?;
+    let pdf = {
+        let jobs = PdfJobs::new(&config, storage.clone(), telegram.clone(), images.clone())
+            .context("cannot start the PDF workers")?;
+        PdfJobs::start_in_arbiter(&documents_arbiter.handle(), move |_| jobs)
+    };
     let ai_arbiter = Arbiter::new();
     let (backend, limits) = ai_settings(&config);
     let ai_pool =
         AiPool::start_in_arbiter(&ai_arbiter.handle(), move |_| AiPool::new(backend, limits));
     let assistant = Assistant::new(ai_pool.clone(), cache.clone(), &config);
+    // Filled in once the health checker runs; admin commands before that
+    // are told to wait.
+    let admin: Arc<OnceLock<AdminDeps>> = Arc::default();
     let deps = Arc::new(SessionDeps {
         storage: storage.clone(),
         telegram: telegram.clone(),
@@ -97,6 +131,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             typing: Config::secs(config.typing_interval),
         },
         user_queue: config.ai_user_queue,
+        documents: Documents {
+            pdf: pdf.clone(),
+            images: images.clone(),
+            max_photos: config.max_photos_per_pdf,
+            notice_ahead: config.queue_notice_ahead,
+        },
+        admins: config.admin_ids.clone(),
+        admin: admin.clone(),
     });
     let arbiters: Vec<Arbiter> = (0..config.user_arbiters())
         .map(|_| Arbiter::new())
@@ -111,10 +153,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         move |chat_id: &i64| Session::new(*chat_id, deps.clone()),
     );
     let router = Router::new(sessions.clone(), journal.clone()).start();
+    match pdf.send(ResumeJobs).await {
+        Ok(0) => {}
+        Ok(resumed) => log::info!("resumed {resumed} PDF jobs of the previous run"),
+        Err(err) => log::warn!("could not resume PDF jobs: {err}"),
+    }
     replay(&storage, &router).await?;
 
     let scheduler = Scheduler::new().start();
-    let cleanup = cleanup::schedule(&config, storage.clone());
+    let cleanup = cleanup::schedule(
+        &config,
+        storage.clone(),
+        vec![cache.clone(), image_cache.clone()],
+    );
     if let Err(err) = scheduler.send(cleanup).await {
         log::warn!("could not schedule the cleanup: {err}");
     }
@@ -126,6 +177,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ("journal", journal.clone().recipient()),
             ("outbox", outbox.clone().recipient()),
             ("ai", ai_pool.clone().recipient()),
+            ("pdf", pdf.clone().recipient()),
+            ("images", images.clone().recipient()),
             ("scheduler", scheduler.clone().recipient()),
         ],
         intake: Default::default(),
@@ -133,9 +186,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         storage: storage.clone(),
         cache: cache.clone(),
         started,
+        webhook: config.webhook_enabled(),
+    };
+    let health = HealthChecker::new(
+        &config,
+        observed.clone(),
+        telegram.clone(),
+        Remotes {
+            telegram: endpoint.clone(),
+            ai_url: config.ai_api_url.clone(),
+            ai_key: config.ai_api_key.expose().to_string(),
+        },
+    )
+    .start();
+    let _ = admin.set(AdminDeps {
+        health: health.clone(),
+        ai_cache: cache.clone(),
+        started,
+    });
+    let ops = http::ops::Ops {
+        health: health.clone(),
+        config: Arc::new(config.clone()),
+        stallable: config.debug_endpoints.then(|| journal.clone()),
     };
     let intake_probe = observed.intake.clone();
-    let server = http::server(&config, router.clone().recipient(), observed)
+    let server = http::server(&config, router.clone().recipient(), observed, ops)
         .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
     let server_handle = server.handle();
     let server_task = actix_rt::spawn(server);
@@ -203,7 +278,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     server_handle.stop(true).await;
     let _ = server_task.await;
-    for arbiter in arbiters.into_iter().chain([journal_arbiter, ai_arbiter]) {
+    for arbiter in arbiters
+        .into_iter()
+        .chain([journal_arbiter, ai_arbiter, documents_arbiter])
+    {
         arbiter.stop();
         let _ = arbiter.join();
     }
@@ -213,23 +291,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// The answer cache: Redis when `REDIS_URL` is set and reachable, else in
 /// the process.
-async fn open_cache(config: &Config) -> Cache {
-    let ttl = Config::secs(config.ai_cache_ttl);
+async fn open_cache(config: &Config, space: &'static str, ttl: Duration, capacity: usize) -> Cache {
     if config.redis_url.is_empty() {
-        log::info!("cache: in-process (REDIS_URL not set)");
-        return Cache::local("ai", ttl, config.ai_cache_size);
+        log::info!("{space} cache: in-process (REDIS_URL not set)");
+        return Cache::local(space, ttl, capacity);
     }
-    match Cache::with_redis("ai", ttl, config.ai_cache_size, &config.redis_url).await {
+    match Cache::with_redis(space, ttl, capacity, &config.redis_url).await {
         Ok(cache) => {
-            log::info!("cache: Redis at {}", config.redis_url.redacted());
+            log::info!("{space} cache: Redis at {}", config.redis_url.redacted());
             cache
         }
         Err(err) => {
             log::warn!(
-                "cache: Redis at {} is unreachable ({err}); using the in-process cache",
+                "{space} cache: Redis at {} is unreachable ({err}); using the in-process cache",
                 config.redis_url.redacted()
             );
-            Cache::local("ai", ttl, config.ai_cache_size)
+            Cache::local(space, ttl, capacity)
         }
     }
 }

@@ -192,6 +192,20 @@ impl Handler<Flush> for Journal {
     }
 }
 
+/// Blocks the journal's thread for a while (the `/debug/stall` endpoint):
+/// what a stuck actor looks like to the health checks.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stall(pub Duration);
+
+impl Handler<Stall> for Journal {
+    type Result = ();
+
+    fn handle(&mut self, msg: Stall, _: &mut Self::Context) {
+        std::thread::sleep(msg.0);
+    }
+}
+
 impl Handler<Probe> for Journal {
     type Result = MessageResult<Probe>;
 

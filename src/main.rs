@@ -1,4 +1,5 @@
-//! The `actorbot` command line: `run`, `config`, `migrate`.
+//! The `actorbot` command line: `run`, `config`, `migrate`, `dashboard`,
+//! `healthcheck`.
 
 use std::process::ExitCode;
 
@@ -24,6 +25,38 @@ enum Command {
     Config,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Show the running daemon's figures, actors and alerts in the terminal.
+    Dashboard {
+        /// The daemon's HTTP endpoint; default: http://HTTP_ADDR.
+        #[arg(long)]
+        url: Option<String>,
+        /// Print once and exit.
+        #[arg(long)]
+        once: bool,
+        /// Write the status, history and actor tree as JSON to FILE, then exit.
+        #[arg(long, value_name = "FILE")]
+        export: Option<std::path::PathBuf>,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 5.0)]
+        refresh: f64,
+    },
+    /// Exit 0 if the running daemon's /health answers 200, else 1 (for
+    /// container health checks).
+    Healthcheck {
+        /// The daemon's HTTP endpoint; default: http://HTTP_ADDR.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+/// The daemon's endpoint as a client reaches it: a wildcard listen address
+/// is reached on loopback.
+fn local_url(config: &Config) -> String {
+    let mut addr = config.http_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{addr}")
 }
 
 fn main() -> ExitCode {
@@ -52,6 +85,7 @@ fn main() -> ExitCode {
                     config.bot_token.expose().to_string(),
                     config.webhook_secret.expose().to_string(),
                     config.ai_api_key.expose().to_string(),
+                    config.admin_http_token.expose().to_string(),
                 ],
             );
             let system = actix_rt::System::new();
@@ -60,6 +94,47 @@ fn main() -> ExitCode {
                 Err(err) => {
                     log::error!("{err:#}");
                     eprintln!("actorbot: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Dashboard {
+            url,
+            once,
+            export,
+            refresh,
+        } => {
+            let options = actorbot::dashboard::Options {
+                url: url.unwrap_or_else(|| local_url(&config)),
+                token: config.admin_http_token.expose().to_string(),
+                once,
+                export,
+                refresh: std::time::Duration::from_secs_f64(refresh.max(0.5)),
+            };
+            match actix_rt::System::new().block_on(actorbot::dashboard::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("actorbot dashboard: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Healthcheck { url } => {
+            let url = format!("{}/health", url.unwrap_or_else(|| local_url(&config)));
+            let checked = actix_rt::System::new().block_on(async move {
+                let client = awc::Client::builder()
+                    .timeout(std::time::Duration::from_secs(5))
+                    .finish();
+                client.get(url.as_str()).send().await.map(|r| r.status())
+            });
+            match checked {
+                Ok(status) if status.is_success() => ExitCode::SUCCESS,
+                Ok(status) => {
+                    eprintln!("actorbot healthcheck: {status}");
+                    ExitCode::FAILURE
+                }
+                Err(err) => {
+                    eprintln!("actorbot healthcheck: {err}");
                     ExitCode::FAILURE
                 }
             }

@@ -220,6 +220,67 @@ pub static AI_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Photos handled by the image pool, by outcome (`processed`, `cached`,
+/// `refused`, `failed`).
+pub static IMAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new("images_total", "Photos made ready for a PDF"),
+            &["outcome"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// PDF jobs finished, by kind (`report`, `album`) and outcome (`delivered`,
+/// `failed`, `busy`).
+pub static DOCUMENT_JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new("pdf_jobs_total", "PDF jobs finished"),
+            &["kind", "outcome"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Time from a PDF job's acceptance to its delivery.
+pub static DOCUMENT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new("pdf_job_seconds", "PDF job, accepted to delivered")
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 120.0]),
+            &["kind"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Every counter's value by its name and labels, as JSON: the figures of
+/// `/performance/metrics` for scripts that do not speak Prometheus.
+pub fn counters_json() -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for family in REGISTRY.gather() {
+        if family.get_field_type() != prometheus::proto::MetricType::COUNTER {
+            continue;
+        }
+        for metric in family.get_metric() {
+            let labels: Vec<String> = metric
+                .get_label()
+                .iter()
+                .map(|l| format!("{}={}", l.name(), l.value()))
+                .collect();
+            let name = if labels.is_empty() {
+                family.name().to_string()
+            } else {
+                format!("{}{{{}}}", family.name(), labels.join(","))
+            };
+            out.insert(name, serde_json::json!(metric.get_counter().get_value()));
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
 /// Renders every metric in the Prometheus text format.
 pub fn render() -> String {
     let mut buffer = Vec::new();

@@ -12,8 +12,8 @@
 //! marked done in the journal.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -28,8 +28,12 @@ use crate::ai::reply::{Pace, final_requests, show_progress};
 use crate::ai::{AiError, Assistant, failure_text};
 use crate::bot::commands;
 use crate::bot::ratelimit::{RateLimits, UserLimiter, Verdict, refusal_text};
+use crate::cache::Cache;
+use crate::health::{self, GetHistory, GetStatus, HealthChecker};
+use crate::images::{ImagePool, PhotoRef, Prepare};
 use crate::journal::{Done, Journal};
 use crate::metrics;
+use crate::pdf::jobs::{Accepted, JobSpec, PdfJobs, Refused, SubmitJob};
 use crate::storage::{Storage, UserRecord, now_millis};
 use crate::telegram::update::RawUpdate;
 use crate::telegram::{Request, Telegram, text_requests};
@@ -51,7 +55,31 @@ pub struct SessionDeps {
     pub pace: Pace,
     /// Questions a user may have waiting behind the one being answered.
     pub user_queue: usize,
+    pub documents: Documents,
+    /// Users whose jobs go first and who may run admin commands.
+    pub admins: Vec<i64>,
+    /// Set once the health checker runs.
+    pub admin: Arc<OnceLock<AdminDeps>>,
 }
+
+/// What the admin commands read from.
+pub struct AdminDeps {
+    pub health: Addr<HealthChecker>,
+    pub ai_cache: Arc<Cache>,
+    pub started: Instant,
+}
+
+/// The PDF side of a session: where photos and jobs go, and its limits.
+pub struct Documents {
+    pub pdf: Addr<PdfJobs>,
+    pub images: Addr<ImagePool>,
+    pub max_photos: usize,
+    /// Jobs ahead of a new one from which its user is told the position.
+    pub notice_ahead: usize,
+}
+
+/// Exchanges a report may hold at most (the page cap usually ends it first).
+const REPORT_TURNS: i64 = 5000;
 
 /// The answer to a question has been delivered (or given up on).
 #[derive(Message)]
@@ -86,6 +114,8 @@ pub struct HandleUpdate(pub RawUpdate);
 pub struct Conversation {
     /// Bumped by /reset; lets later parts tell an old exchange from a new one.
     pub epoch: u32,
+    /// Photos collected for the next /pdf, already checked to decode.
+    pub photos: Vec<PhotoRef>,
 }
 
 pub struct Session {
@@ -96,6 +126,9 @@ pub struct Session {
     /// False when the record could not be loaded: saving then would
     /// overwrite the stored figures with fresh ones.
     restored: bool,
+    /// A user seen for the first time: saved at once, so that they count
+    /// (in /admin_stats) before the periodic save.
+    first_contact: bool,
     dirty: bool,
     limiter: UserLimiter,
     stats_cache: Option<(Instant, String)>,
@@ -114,6 +147,7 @@ impl Session {
             record: UserRecord::new(chat_id, now_millis()),
             conversation: Conversation::default(),
             restored: false,
+            first_contact: false,
             dirty: false,
             limiter,
             stats_cache: None,
@@ -174,6 +208,11 @@ impl Session {
         self.record.messages += 1;
         self.record.last_seen = now_millis();
         self.dirty = true;
+        if std::mem::take(&mut self.first_contact)
+            && let Some(save) = self.save()
+        {
+            ctx.spawn(save.into_actor(self));
+        }
 
         match self.limiter.check(now) {
             Verdict::Allowed => {}
@@ -194,7 +233,13 @@ impl Session {
             }
         }
 
+        if let Some(photo) = photo_of(message, self.conversation.photos.len() + 1) {
+            return self.add_photo(update, photo, ctx);
+        }
         let Some(text) = message.text.as_deref() else {
+            if message.document.is_some() {
+                return self.reply(update, "command", commands::NOT_AN_IMAGE);
+            }
             return self.done(update.update_id);
         };
         let Some(command) = commands::parse(text, &self.deps.bot_username) else {
@@ -213,6 +258,12 @@ impl Session {
             "help" => commands::help_text(),
             "stats" => self.stats_text(now),
             "reset" => self.reset(),
+            "health" | "performance" | "admin_stats" => {
+                let name = command.name.clone();
+                return self.admin_command(update, &name, ctx);
+            }
+            "report" => return self.request_report(update, ctx),
+            "pdf" => return self.request_album(update, ctx),
             other => commands::unknown_text(other),
         };
         self.reply(update, "command", &reply);
@@ -344,6 +395,157 @@ impl Session {
         }
     }
 
+    fn is_admin(&self) -> bool {
+        self.deps.admins.contains(&self.chat_id)
+    }
+
+    /// /health, /performance, /admin_stats: for admins; anyone else gets
+    /// the unknown-command reply, and the attempt is logged.
+    fn admin_command(&mut self, update: &RawUpdate, name: &str, ctx: &mut Context<Self>) {
+        if !self.is_admin() {
+            log::warn!(
+                "chat_id={} (@{}) tried the admin command /{name}",
+                self.chat_id,
+                self.record.username.as_deref().unwrap_or("-")
+            );
+            return self.reply(update, "command", &commands::unknown_text(name));
+        }
+        let Some(admin) = self.deps.admin.get() else {
+            return self.reply(update, "admin", commands::TRY_AGAIN);
+        };
+        let (checker, cache, started) =
+            (admin.health.clone(), admin.ai_cache.clone(), admin.started);
+        let storage = self.deps.storage.clone();
+        let name = name.to_string();
+        let update = update.clone();
+        let text = async move {
+            match name.as_str() {
+                "health" => match checker.send(GetStatus).await {
+                    Ok(status) => health::health_text(&status),
+                    Err(_) => commands::TRY_AGAIN.to_string(),
+                },
+                "performance" => {
+                    match tokio::join!(checker.send(GetStatus), checker.send(GetHistory)) {
+                        (Ok(status), Ok(history)) => health::performance_text(&status, &history),
+                        _ => commands::TRY_AGAIN.to_string(),
+                    }
+                }
+                _ => health::admin_stats_text(&storage, &cache, started.elapsed().as_secs()).await,
+            }
+        };
+        ctx.wait(text.into_actor(self).map(move |text, this, _| {
+            this.reply(&update, "admin", &text);
+        }));
+    }
+
+    /// Checks a photo now (download, decode, process; cached for /pdf) so
+    /// that a broken one is named at once, and adds it to the collection.
+    fn add_photo(&mut self, update: &RawUpdate, photo: PhotoRef, ctx: &mut Context<Self>) {
+        let documents = &self.deps.documents;
+        if self.conversation.photos.len() >= documents.max_photos {
+            let text = commands::too_many_photos(documents.max_photos);
+            return self.reply(update, "photo", &text);
+        }
+        let prepare = documents.images.send(Prepare {
+            photo: photo.clone(),
+            priority: if self.is_admin() { 200 } else { 100 },
+        });
+        let update = update.clone();
+        // Held mailbox: a /pdf right after the photo must find it collected.
+        ctx.wait(prepare.into_actor(self).map(move |prepared, this, _| {
+            let text = match prepared {
+                Ok(Ok(_)) => {
+                    this.conversation.photos.push(photo);
+                    this.dirty = true;
+                    commands::photo_added(this.conversation.photos.len())
+                }
+                Ok(Err(err)) => err.user_text(&photo.name),
+                Err(_) => commands::photo_failed(&photo.name),
+            };
+            this.reply(&update, "photo", &text);
+        }));
+    }
+
+    /// /report: the conversation so far as a PDF.
+    fn request_report(&mut self, update: &RawUpdate, ctx: &mut Context<Self>) {
+        let storage = self.deps.storage.clone();
+        let user_id = self.chat_id;
+        let user_name = self
+            .record
+            .first_name
+            .clone()
+            .or_else(|| self.record.username.clone())
+            .unwrap_or_else(|| format!("user {user_id}"));
+        let update = update.clone();
+        ctx.wait(
+            async move { storage.turns_recent(user_id, REPORT_TURNS).await }
+                .into_actor(self)
+                .map(move |turns, this, ctx| match turns {
+                    Ok(turns) if turns.is_empty() => {
+                        this.reply(&update, "command", commands::NOTHING_TO_REPORT);
+                    }
+                    Ok(turns) => {
+                        let spec = JobSpec::Report {
+                            user_name,
+                            generated_at: commands::format_millis(now_millis()),
+                            exchanges: turns.into_iter().map(|t| (t.question, t.answer)).collect(),
+                        };
+                        this.record.reports += 1;
+                        this.dirty = true;
+                        this.submit_job(&update, spec, ctx);
+                    }
+                    Err(err) => {
+                        log::warn!("chat_id={user_id}: could not load the conversation: {err}");
+                        this.reply(&update, "command", commands::TRY_AGAIN);
+                    }
+                }),
+        );
+    }
+
+    /// /pdf: the collected photos as one PDF; the collection starts afresh.
+    fn request_album(&mut self, update: &RawUpdate, ctx: &mut Context<Self>) {
+        if self.conversation.photos.is_empty() {
+            return self.reply(update, "command", commands::NO_PHOTOS);
+        }
+        let photos = std::mem::take(&mut self.conversation.photos);
+        self.dirty = true;
+        self.submit_job(update, JobSpec::Album { photos }, ctx);
+    }
+
+    fn submit_job(&mut self, update: &RawUpdate, spec: JobSpec, ctx: &mut Context<Self>) {
+        let documents = &self.deps.documents;
+        let notice_ahead = documents.notice_ahead;
+        let submit = documents.pdf.send(SubmitJob {
+            user_id: self.chat_id,
+            chat_id: self.chat_id,
+            admin: self.is_admin(),
+            spec: spec.clone(),
+        });
+        let update = update.clone();
+        ctx.wait(submit.into_actor(self).map(move |answer, this, _| {
+            let refused = match answer {
+                Ok(Ok(Accepted { position, .. })) => {
+                    match position.filter(|p| p.ahead >= notice_ahead) {
+                        Some(p) => {
+                            let text = commands::queue_position(p.ahead, p.estimated_wait);
+                            this.reply(&update, "job", &text);
+                        }
+                        // The chat shows "sending a file…" until it arrives.
+                        None => this.done(update.update_id),
+                    }
+                    return;
+                }
+                Ok(Err(Refused::Busy)) => commands::PDF_BUSY,
+                Ok(Err(Refused::Storage(_))) | Err(_) => commands::TRY_AGAIN,
+            };
+            // Not accepted: the photos stay collected for another /pdf.
+            if let JobSpec::Album { photos } = spec {
+                this.conversation.photos = photos;
+            }
+            this.reply(&update, "job", refused);
+        }));
+    }
+
     fn stats_text(&mut self, now: Instant) -> String {
         if let Some((at, text)) = &self.stats_cache
             && now.duration_since(*at) < self.deps.stats_ttl
@@ -356,9 +558,7 @@ impl Session {
     }
 
     fn reset(&mut self) -> String {
-        self.conversation = Conversation {
-            epoch: self.conversation.epoch + 1,
-        };
+        self.conversation.epoch += 1;
         self.history = Some(VecDeque::new());
         self.dirty = true;
         let storage = self.deps.storage.clone();
@@ -411,7 +611,10 @@ impl Actor for Session {
                         this.record = record;
                         this.restored = true;
                     }
-                    Ok(None) => this.restored = true,
+                    Ok(None) => {
+                        this.restored = true;
+                        this.first_contact = true;
+                    }
                     Err(err) => log::warn!(
                         "could not restore chat_id={}: {err}; its figures start afresh and are not saved",
                         this.chat_id
@@ -516,4 +719,34 @@ impl Handler<Retire> for Session {
             None => Persist::nothing(),
         }
     }
+}
+
+/// The photo in a message: the largest size of a photo, or an image sent
+/// as a file. `number` names a photo that has no file name.
+fn photo_of(message: &TgMessage, number: usize) -> Option<PhotoRef> {
+    if let Some(sizes) = &message.photo {
+        let largest = sizes
+            .iter()
+            .max_by_key(|s| u64::from(s.width) * u64::from(s.height))?;
+        return Some(PhotoRef {
+            file_id: largest.file_id.clone(),
+            file_unique_id: largest.file_unique_id.clone(),
+            name: format!("photo {number}"),
+            size: largest.file_size.map(u64::from),
+        });
+    }
+    let document = message.document.as_ref()?;
+    let is_image = document
+        .mime_type
+        .as_deref()
+        .is_some_and(|m| m.starts_with("image/"));
+    is_image.then(|| PhotoRef {
+        file_id: document.file_id.clone(),
+        file_unique_id: document.file_unique_id.clone(),
+        name: document
+            .file_name
+            .clone()
+            .unwrap_or_else(|| format!("image {number}")),
+        size: document.file_size,
+    })
 }

@@ -111,8 +111,8 @@ async fn exercise(config: &Config) {
         priority,
         payload: "{}".into(),
     };
-    let low = storage.job_insert(job(5)).await.unwrap();
-    let high = storage.job_insert(job(1)).await.unwrap();
+    let low = storage.job_insert(job(5)).await.unwrap().id;
+    let high = storage.job_insert(job(1)).await.unwrap().id;
     assert!(high > low, "ids grow with time");
     let order: Vec<i64> = storage
         .jobs_unfinished()

@@ -11,6 +11,8 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("help", "What the bot can do"),
     ("stats", "Your own figures"),
     ("reset", "Forget our conversation"),
+    ("report", "Our conversation as a PDF"),
+    ("pdf", "The photos you sent as one PDF"),
 ];
 
 /// A question while the user's earlier ones are still being answered.
@@ -23,6 +25,44 @@ pub const STOPPED: &str = "(stopped)";
 /// Appended to an answer the backend broke off.
 pub const CUT_OFF: &str =
     "(The answer was cut off: the assistant stopped responding. Please ask again.)";
+
+pub const NOT_AN_IMAGE: &str =
+    "I can only use photos and JPEG or PNG images sent as files. Send /help to see what I can do.";
+
+pub const NOTHING_TO_REPORT: &str =
+    "There is nothing to report yet: ask me something first, then send /report.";
+
+pub const NO_PHOTOS: &str = "Send me one or more photos first, then /pdf to get them as one PDF.";
+
+pub const PDF_BUSY: &str =
+    "I am making a lot of PDFs right now and cannot take yours. Please try again in a few minutes.";
+
+pub const TRY_AGAIN: &str = "Something went wrong on my side. Please try again in a minute.";
+
+pub fn photo_added(count: usize) -> String {
+    let photos = if count == 1 { "photo" } else { "photos" };
+    format!("Got it: {count} {photos} collected. Send more, or /pdf to get them as one PDF.")
+}
+
+pub fn photo_failed(name: &str) -> String {
+    format!("Something went wrong with {name}; it was not added. Please send it again.")
+}
+
+pub fn too_many_photos(max: usize) -> String {
+    format!("You have {max} photos collected, the most one PDF can hold. Send /pdf first.")
+}
+
+/// Where a job stands when others are ahead of it.
+pub fn queue_position(ahead: usize, wait: Option<std::time::Duration>) -> String {
+    let place = ahead + 1;
+    match wait {
+        Some(wait) => format!(
+            "You are number {place} in the queue; your PDF should be ready in about {} seconds.",
+            wait.as_secs().max(1)
+        ),
+        None => format!("You are number {place} in the queue; your PDF will follow shortly."),
+    }
+}
 
 pub const RESET_TEXT: &str = "Done: I have forgotten our conversation. We start afresh.";
 

@@ -122,6 +122,30 @@ pub struct Config {
     pub edit_interval: f64,
     pub typing_interval: f64,
 
+    pub pdf_semaphore_limit: usize,
+    pub pdf_queue_size: usize,
+    pub image_queue_size: usize,
+    pub job_max_attempts: u32,
+    pub max_report_pages: usize,
+    pub max_photos_per_pdf: usize,
+    pub max_download_bytes: usize,
+    pub max_image_pixels: u64,
+    pub image_cache_ttl: f64,
+    pub image_cache_size: usize,
+    pub queue_notice_ahead: usize,
+    pub fault_pdf_panics: u32,
+    pub fault_pdf_delay: f64,
+
+    pub health_interval: f64,
+    pub dependency_check_interval: f64,
+    pub alert_errors_per_minute: f64,
+    pub alert_p95_latency_ms: f64,
+    pub alert_queue_depth: u64,
+    pub alert_rss_mb: u64,
+    pub alert_quiet_period: f64,
+    pub admin_http_token: Secret,
+    pub debug_endpoints: bool,
+
     pub user_state_timeout: f64,
     pub max_user_states: usize,
     pub user_mailbox_capacity: usize,
@@ -245,6 +269,10 @@ impl Config {
             ("cleanup_interval", self.cleanup_interval),
             ("inbox_retention", self.inbox_retention),
             ("temp_file_max_age", self.temp_file_max_age),
+            ("image_cache_ttl", self.image_cache_ttl),
+            ("health_interval", self.health_interval),
+            ("dependency_check_interval", self.dependency_check_interval),
+            ("alert_quiet_period", self.alert_quiet_period),
         ] {
             if !(value.is_finite() && value > 0.0) {
                 return Err(invalid(name, "expected a positive number"));
@@ -268,6 +296,15 @@ impl Config {
             ("ai_breaker_failures", self.ai_breaker_failures as usize),
             ("ai_cache_size", self.ai_cache_size),
             ("user_mailbox_capacity", self.user_mailbox_capacity),
+            ("pdf_semaphore_limit", self.pdf_semaphore_limit),
+            ("pdf_queue_size", self.pdf_queue_size),
+            ("image_queue_size", self.image_queue_size),
+            ("job_max_attempts", self.job_max_attempts as usize),
+            ("max_report_pages", self.max_report_pages),
+            ("max_photos_per_pdf", self.max_photos_per_pdf),
+            ("max_download_bytes", self.max_download_bytes),
+            ("max_image_pixels", self.max_image_pixels as usize),
+            ("image_cache_size", self.image_cache_size),
         ] {
             if value == 0 {
                 return Err(invalid(name, "expected a positive integer"));

@@ -8,6 +8,12 @@
 //! - `GET /actors`: the supervision tree with each actor's probe figures;
 //!   the per-user actors appear as one node with their count and totals.
 //! - `GET /metrics`: Prometheus text.
+//! - `GET /ready`, `/performance/*`, `/config`, `/dashboard`: see [`ops`].
+//!
+//! With `ADMIN_HTTP_TOKEN` set, every endpoint but `/health` and `/ready`
+//! requires it as a bearer token.
+
+pub mod ops;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,6 +48,8 @@ pub struct Observed {
     pub storage: Storage,
     pub cache: Arc<Cache>,
     pub started: Instant,
+    /// Intake by webhook: there is no intake actor to probe.
+    pub webhook: bool,
 }
 
 impl Observed {
@@ -60,6 +68,43 @@ impl Observed {
             None => reports.push(sessions),
         }
         reports
+    }
+
+    /// The cache's state: degraded while Redis fails (the bot then answers
+    /// from the in-process cache).
+    pub fn cache_state(&self) -> (Health, serde_json::Value) {
+        let health = match self.cache.redis_down_since() {
+            Some(since) => Health::Degraded(format!(
+                "Redis failing for {}s; answering from the in-process cache",
+                since.elapsed().as_secs()
+            )),
+            None => Health::Healthy,
+        };
+        let figures = json!({
+            "backend": self.cache.backend(),
+            "health": health,
+            "figures": self.cache.stats(),
+        });
+        (health, figures)
+    }
+
+    /// Whether intake runs: the poller answers its probe (the webhook has
+    /// no actor; the HTTP server answering is its liveness).
+    pub async fn intake_state(&self) -> (Health, serde_json::Value) {
+        let poller = self.intake.lock().ok().and_then(|i| i.clone());
+        let Some(poller) = poller else {
+            return if self.webhook {
+                (Health::Healthy, json!({"mode": "webhook"}))
+            } else {
+                let health = Health::Unhealthy("intake has not started".into());
+                (health.clone(), json!({"mode": "polling", "health": health}))
+            };
+        };
+        let reports = probe_all(vec![("intake".to_string(), poller)], PROBE_DEADLINE).await;
+        let health = reports
+            .first()
+            .map_or(Health::Unhealthy("no answer".into()), |r| r.health.clone());
+        (health.clone(), json!({"mode": "polling", "health": health}))
     }
 
     /// The database's state: a ping under a deadline.
@@ -88,7 +133,10 @@ pub fn server(
     config: &Config,
     sink: Recipient<Incoming>,
     observed: Observed,
+    ops: ops::Ops,
 ) -> std::io::Result<Server> {
+    let guard = web::Data::new(ops::Guard::new(config));
+    let debug = config.debug_endpoints;
     let webhook = config.webhook_enabled().then(|| {
         (
             config.webhook_path.clone(),
@@ -101,16 +149,30 @@ pub fn server(
     let server = HttpServer::new(move || {
         let mut app = App::new()
             .app_data(web::Data::new(observed.clone()))
+            .app_data(web::Data::new(ops.clone()))
+            .app_data(guard.clone())
             .route("/health", web::get().to(health))
+            .route("/ready", web::get().to(ops::ready))
             .route("/actors", web::get().to(actors))
-            .route("/metrics", web::get().to(metrics_text));
+            .route("/metrics", web::get().to(metrics_text))
+            .route("/performance/status", web::get().to(ops::status))
+            .route(
+                "/performance/metrics",
+                web::get().to(ops::performance_metrics),
+            )
+            .route("/performance/history", web::get().to(ops::history))
+            .route("/config", web::get().to(ops::config))
+            .route("/dashboard", web::get().to(ops::dashboard));
+        if debug {
+            app = app.route("/debug/stall/{actor}", web::post().to(ops::stall));
+        }
         if let Some((path, state)) = &webhook {
             app = app
                 .app_data(state.clone())
                 .app_data(web::PayloadConfig::new(webhook::MAX_BODY))
                 .route(path, web::post().to(webhook::receive));
         }
-        app
+        app.wrap(actix_web::middleware::from_fn(ops::guard))
     })
     .workers(2)
     .disable_signals()
@@ -137,18 +199,7 @@ fn status_word(health: &Health) -> &'static str {
 
 async fn health(observed: web::Data<Observed>) -> HttpResponse {
     let (reports, (db_health, db)) = tokio::join!(observed.probe(), observed.database());
-    let cache_health = match observed.cache.redis_down_since() {
-        Some(since) => Health::Degraded(format!(
-            "Redis failing for {}s; answering from the in-process cache",
-            since.elapsed().as_secs()
-        )),
-        None => Health::Healthy,
-    };
-    let cache = json!({
-        "backend": observed.cache.backend(),
-        "health": cache_health,
-        "figures": observed.cache.stats(),
-    });
+    let (cache_health, cache) = observed.cache_state();
     let overall = worst(&reports).worst(db_health).worst(cache_health);
     let actors: Vec<_> = flatten(&reports)
         .into_iter()

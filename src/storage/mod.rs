@@ -371,6 +371,17 @@ impl Storage {
         .await
     }
 
+    /// Updates received since `since` (Unix ms).
+    pub async fn inbox_count_since(&self, since: i64) -> Result<i64, StorageError> {
+        self.blocking(move |pools| {
+            Ok(with_conn!(pools, |conn| inbox::table
+                .filter(inbox::received_at.ge(since))
+                .count()
+                .get_result(conn)?))
+        })
+        .await
+    }
+
     /// `(pending, done)` row counts.
     pub async fn inbox_stats(&self) -> Result<(i64, i64), StorageError> {
         self.blocking(|pools| {
@@ -501,8 +512,8 @@ impl Storage {
 
     // --- jobs -----------------------------------------------------------------
 
-    /// Records a job as queued; answers its id (ids grow with time).
-    pub async fn job_insert(&self, job: NewJob) -> Result<i64, StorageError> {
+    /// Records a job as queued; answers its row (ids grow with time).
+    pub async fn job_insert(&self, job: NewJob) -> Result<JobRow, StorageError> {
         self.blocking(move |pools| {
             let now = now_millis();
             let id = next_job_id(now);
@@ -522,7 +533,7 @@ impl Storage {
             with_conn!(pools, |conn| diesel::insert_into(jobs::table)
                 .values(&row)
                 .execute(conn)?);
-            Ok(id)
+            Ok(row)
         })
         .await
     }

@@ -187,14 +187,23 @@ impl TestApp {
 
     /// GETs a path on the daemon's HTTP endpoint: status and body.
     pub async fn get(&self, path: &str) -> (u16, String) {
+        self.request("GET", path, None).await
+    }
+
+    /// A request with an optional bearer token: status and body.
+    pub async fn request(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
         let client = awc::Client::builder()
             .timeout(Duration::from_secs(10))
             .finish();
-        let mut response = client
-            .get(format!("{}{path}", self.base_url()))
+        let method = awc::http::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut request = client.request(method, format!("{}{path}", self.base_url()));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let mut response = request
             .send()
             .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
         let body = response.body().limit(16 << 20).await.expect("a body");
         (
             response.status().as_u16(),
@@ -208,6 +217,29 @@ impl TestApp {
         let json = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"));
         (status, json)
+    }
+
+    /// Polls a JSON endpoint until `done(status, body)` holds; answers the
+    /// last body.
+    pub async fn wait_for_json(
+        &self,
+        path: &str,
+        timeout: Duration,
+        done: impl Fn(u16, &serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self.get(path).await;
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if done(status, &json) {
+                return json;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "GET {path}: condition not met within {timeout:?}; last: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until `/metrics` holds a line starting with `line`, checking

@@ -6,7 +6,10 @@
 //! runtime (or a plain `fn main`) can start one, drive it through its handle,
 //! and await conditions on what the bot did.
 
+pub mod browser;
 pub mod openai;
+pub mod pdf;
+pub mod proxy;
 mod serve;
 pub mod telegram;
 mod wait;

@@ -171,6 +171,26 @@ impl Rig {
         }
     }
 
+    /// CPU time the daemon has used so far (user + system), in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.daemon.id())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 here;
+        // the kernel counts them in USER_HZ, 100 on Linux.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.daemon.id()))
             .unwrap_or_default();
@@ -210,6 +230,7 @@ async fn throughput(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     rig.wait_messages(1_000, Duration::from_secs(60)).await?;
     let base = rig.fake.total_messages();
+    let cpu_before = rig.cpu_seconds();
     let started = Instant::now();
     for n in 0..args.updates {
         rig.fake.inject_text((n % args.users) as i64 + 1, "/start");
@@ -223,6 +244,7 @@ async fn throughput(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let last = replies.iter().map(|m| m.at).max().unwrap_or(started);
     let span = last.duration_since(first).as_secs_f64();
     let total = last.duration_since(started).as_secs_f64();
+    let cpu = rig.cpu_seconds() - cpu_before;
     println!(
         "throughput: {} /start updates from {} users: {:.0} updates/s between the first and last reply \
          ({span:.2} s); {:.0} updates/s from queueing to the last reply ({total:.2} s; queueing took {:.2} s)",
@@ -231,6 +253,12 @@ async fn throughput(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         args.updates as f64 / span,
         args.updates as f64 / total,
         injected.as_secs_f64()
+    );
+    println!(
+        "throughput: the daemon used {cpu:.2} CPU-seconds ({:.0} µs per update, {:.2} cores on average); \
+         the fake Telegram and this tool shared the machine's other cycles",
+        cpu * 1e6 / args.updates as f64,
+        cpu / total
     );
     Ok(())
 }

@@ -192,6 +192,25 @@ impl FakeTelegram {
         })
     }
 
+    /// A photo message for a file stored with [`FakeTelegram::add_file`]:
+    /// the same photo sent again has the same `file_unique_id`.
+    pub fn inject_stored_photo(&self, user: i64, file_id: &str, file_unique_id: &str) -> i64 {
+        self.state().update(|s| {
+            let size = s.file_size(file_id).unwrap_or(0);
+            let message_id = s.next_message_id;
+            s.next_message_id += 1;
+            s.push_update(updates::photo_message(
+                user,
+                user,
+                message_id,
+                file_id,
+                file_unique_id,
+                size,
+                None,
+            ))
+        })
+    }
+
     /// A file sent as a document (e.g. an uncompressed image).
     pub fn inject_document(&self, user: i64, bytes: Vec<u8>, file_name: &str, mime: &str) -> i64 {
         self.state().update(|s| {

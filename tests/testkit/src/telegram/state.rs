@@ -312,6 +312,11 @@ impl FakeState {
         );
         (file_id, unique)
     }
+
+    /// The size of a stored file.
+    pub fn file_size(&self, file_id: &str) -> Option<usize> {
+        self.files.get(file_id).map(|f| f.bytes.len())
+    }
 }
 
 /// Token buckets for the flood limits.

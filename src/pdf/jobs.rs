@@ -1,0 +1,630 @@
+//! The PDF jobs actor: accepts reports and photo albums, keeps them durable,
+//! renders them on the PDF worker pool and delivers them.
+//!
+//! A job is written to the `jobs` table before the user hears it was
+//! accepted, and marked done only after Telegram has the document, so a
+//! restart (even after kill -9) resumes every job that was not delivered.
+//! Rendering is CPU work: it runs on the pool's threads, never on this
+//! actor's event loop; the actor and its per-job tasks only wait.
+//!
+//! Priorities: an admin's job first, then shorter jobs before longer ones,
+//! so a one-page report does not wait behind a forty-page one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actorbot_actors::pool::{
+    Failure, JobError, JobHandle, PoolConfig, Position, SubmitError, WorkerPool,
+};
+use actorbot_actors::probe::{Probe, ProbeReport};
+use bytes::Bytes;
+use frankenstein::input_file::FileUpload;
+use frankenstein::types::ChatAction;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::PdfError;
+use super::album::{AlbumPage, render_album};
+use super::report::{
+    Exchange, RenderedPdf, ReportLimits, ReportRequest, estimate_pages, render_report,
+};
+use crate::config::Config;
+use crate::images::{ImagePool, PhotoRef, Prepare};
+use crate::metrics;
+use crate::storage::{JobRow, NewJob, Storage, job_status};
+use crate::telegram::params::SendDocumentParams;
+use crate::telegram::{Request, Telegram, Upload, text_requests};
+
+/// What a job makes, as stored in the `payload` column.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobSpec {
+    /// The user's conversation, captured when they asked for it.
+    Report {
+        user_name: String,
+        generated_at: String,
+        exchanges: Vec<(String, String)>,
+    },
+    /// Photos, one page each.
+    Album { photos: Vec<PhotoRef> },
+}
+
+impl JobSpec {
+    fn kind(&self) -> &'static str {
+        match self {
+            JobSpec::Report { .. } => "report",
+            JobSpec::Album { .. } => "album",
+        }
+    }
+
+    fn report_request(&self) -> Option<ReportRequest> {
+        match self {
+            JobSpec::Report {
+                user_name,
+                generated_at,
+                exchanges,
+            } => Some(ReportRequest {
+                user_name: user_name.clone(),
+                generated_at: generated_at.clone(),
+                exchanges: exchanges
+                    .iter()
+                    .map(|(question, answer)| Exchange {
+                        question: question.clone(),
+                        answer: answer.clone(),
+                    })
+                    .collect(),
+            }),
+            JobSpec::Album { .. } => None,
+        }
+    }
+
+    /// Pages it will roughly have: the priority's measure of length.
+    fn pages(&self) -> usize {
+        match self {
+            JobSpec::Report { .. } => self.report_request().map_or(1, |r| estimate_pages(&r)),
+            JobSpec::Album { photos } => photos.len(),
+        }
+    }
+}
+
+/// A job accepted: where it stands in the queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted {
+    pub job_id: i64,
+    pub position: Option<Position>,
+}
+
+/// Why a job was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("the PDF queue is full")]
+    Busy,
+    #[error("the job could not be recorded: {0}")]
+    Storage(String),
+}
+
+/// Accepts a job: records it, queues it, answers its place in the queue.
+#[derive(Message)]
+#[rtype(result = "Result<Accepted, Refused>")]
+pub struct SubmitJob {
+    pub user_id: i64,
+    pub chat_id: i64,
+    pub admin: bool,
+    pub spec: JobSpec,
+}
+
+/// Resumes the jobs a previous run accepted and did not deliver; answers
+/// how many.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct ResumeJobs;
+
+/// What the per-job tasks share.
+struct Shared {
+    storage: Storage,
+    telegram: Telegram,
+    images: Addr<ImagePool>,
+    pool: WorkerPool,
+    limits: ReportLimits,
+    action_every: Duration,
+    /// Renders left to fail on purpose, and a pause before each render
+    /// (fault injection for tests).
+    injected_panics: AtomicU32,
+    injected_delay: Duration,
+}
+
+pub struct PdfJobs {
+    shared: Arc<Shared>,
+    running: usize,
+    delivered: u64,
+}
+
+impl PdfJobs {
+    pub fn new(
+        config: &Config,
+        storage: Storage,
+        telegram: Telegram,
+        images: Addr<ImagePool>,
+    ) -> std::io::Result<PdfJobs> {
+        let pool = WorkerPool::new(PoolConfig {
+            name: "pdf".into(),
+            workers: config.pdf_semaphore_limit,
+            queue_capacity: config.pdf_queue_size,
+            max_attempts: config.job_max_attempts,
+        })?;
+        Ok(PdfJobs {
+            shared: Arc::new(Shared {
+                storage,
+                telegram,
+                images,
+                pool,
+                limits: ReportLimits {
+                    max_pages: config.max_report_pages,
+                },
+                action_every: Config::secs(config.typing_interval),
+                injected_panics: AtomicU32::new(config.fault_pdf_panics),
+                injected_delay: Config::secs(config.fault_pdf_delay.max(0.0)),
+            }),
+            running: 0,
+            delivered: 0,
+        })
+    }
+
+    /// Runs a recorded job to its end on this actor's arbiter.
+    fn launch(
+        &mut self,
+        row: JobRow,
+        spec: JobSpec,
+        accepted: Option<oneshot::Sender<Result<Accepted, Refused>>>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.running += 1;
+        let shared = self.shared.clone();
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            let delivered = run(shared, row, spec, accepted).await;
+            me.do_send(Finished { delivered });
+        });
+    }
+}
+
+impl Actor for PdfJobs {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.shared.pool.close();
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Finished {
+    delivered: bool,
+}
+
+impl Handler<Finished> for PdfJobs {
+    type Result = ();
+
+    fn handle(&mut self, msg: Finished, _: &mut Self::Context) {
+        self.running = self.running.saturating_sub(1);
+        if msg.delivered {
+            self.delivered += 1;
+        }
+    }
+}
+
+impl Handler<SubmitJob> for PdfJobs {
+    type Result = ResponseActFuture<Self, Result<Accepted, Refused>>;
+
+    fn handle(&mut self, msg: SubmitJob, _: &mut Self::Context) -> Self::Result {
+        // Refuse before writing anything when the queue is already full.
+        let stats = self.shared.pool.stats();
+        if stats.queued >= stats.capacity {
+            metrics::DOCUMENT_JOBS
+                .with_label_values(&[msg.spec.kind(), "busy"])
+                .inc();
+            return Box::pin(fut::ready(Err(Refused::Busy)));
+        }
+        let storage = self.shared.storage.clone();
+        let priority = priority(msg.admin, msg.spec.pages());
+        let payload = serde_json::to_string(&msg.spec).unwrap_or_default();
+        let new = NewJob {
+            kind: msg.spec.kind().to_string(),
+            user_id: msg.user_id,
+            chat_id: msg.chat_id,
+            priority: i32::from(priority),
+            payload,
+        };
+        let spec = msg.spec;
+        Box::pin(
+            async move { storage.job_insert(new).await }
+                .into_actor(self)
+                .then(move |inserted, this, ctx| {
+                    let (reply, answer) = oneshot::channel();
+                    match inserted {
+                        Ok(row) => {
+                            log::info!(
+                                "job {} accepted: kind={} chat_id={} priority={}",
+                                row.id,
+                                row.kind,
+                                row.chat_id,
+                                row.priority
+                            );
+                            this.launch(row, spec, Some(reply), ctx);
+                        }
+                        Err(err) => {
+                            log::warn!("could not record a job: {err}");
+                            let _ = reply.send(Err(Refused::Storage(err.to_string())));
+                        }
+                    }
+                    async move {
+                        answer
+                            .await
+                            .unwrap_or(Err(Refused::Storage("the job ended early".into())))
+                    }
+                    .into_actor(this)
+                }),
+        )
+    }
+}
+
+impl Handler<ResumeJobs> for PdfJobs {
+    type Result = ResponseActFuture<Self, usize>;
+
+    fn handle(&mut self, _: ResumeJobs, _: &mut Self::Context) -> Self::Result {
+        let storage = self.shared.storage.clone();
+        Box::pin(
+            async move { storage.jobs_unfinished().await }
+                .into_actor(self)
+                .map(|rows, this, ctx| {
+                    let rows = match rows {
+                        Ok(rows) => rows,
+                        Err(err) => {
+                            log::warn!("could not read unfinished jobs: {err}");
+                            return 0;
+                        }
+                    };
+                    let mut resumed = 0;
+                    for row in rows {
+                        match serde_json::from_str::<JobSpec>(&row.payload) {
+                            Ok(spec) => {
+                                log::info!("resuming job {} ({})", row.id, row.kind);
+                                this.launch(row, spec, None, ctx);
+                                resumed += 1;
+                            }
+                            Err(err) => {
+                                log::warn!("job {} has an unreadable payload: {err}", row.id);
+                                let storage = this.shared.storage.clone();
+                                let id = row.id;
+                                actix_rt::spawn(async move {
+                                    let _ = storage
+                                        .job_update(
+                                            id,
+                                            job_status::FAILED,
+                                            row.attempts,
+                                            Some(format!("unreadable payload: {err}")),
+                                        )
+                                        .await;
+                                });
+                            }
+                        }
+                    }
+                    resumed
+                }),
+        )
+    }
+}
+
+impl Handler<Probe> for PdfJobs {
+    type Result = MessageResult<Probe>;
+
+    fn handle(&mut self, _: Probe, _: &mut Self::Context) -> Self::Result {
+        let mut report: ProbeReport = self.shared.pool.report();
+        report.name = "pdf".into();
+        report = report
+            .detail("jobs_running", self.running)
+            .detail("delivered", self.delivered);
+        MessageResult(report)
+    }
+}
+
+/// Higher runs first: admins above everyone, then fewer pages first.
+fn priority(admin: bool, pages: usize) -> u8 {
+    let base: u8 = if admin { 200 } else { 100 };
+    base + 50u8.saturating_sub(pages.min(50) as u8)
+}
+
+/// How a job ended, for the user and the record.
+enum Outcome {
+    Delivered,
+    Failed(String),
+}
+
+/// Runs one job: prepares its input, renders it on the pool, delivers the
+/// document and records the end. Answers whether it was delivered.
+async fn run(
+    shared: Arc<Shared>,
+    row: JobRow,
+    spec: JobSpec,
+    mut accepted: Option<oneshot::Sender<Result<Accepted, Refused>>>,
+) -> bool {
+    let started = Instant::now();
+    let (id, chat_id, kind) = (row.id, row.chat_id, spec.kind());
+    let _ = shared
+        .storage
+        .job_update(id, job_status::RUNNING, row.attempts + 1, None)
+        .await;
+    let outcome = match submit(&shared, &row, &spec).await {
+        Ok(handle) => {
+            if let Some(reply) = accepted.take() {
+                let position = shared.pool.position(handle.id());
+                log::debug!("job {id}: queued as {}, position {position:?}", handle.id());
+                let _ = reply.send(Ok(Accepted {
+                    job_id: id,
+                    position,
+                }));
+            }
+            let rendered = with_chat_action(&shared, chat_id, handle).await;
+            match rendered {
+                Ok(pdf) => deliver(&shared, &row, &spec, pdf).await,
+                Err(err) => {
+                    log::warn!("job {id} ({kind}) failed: {err}");
+                    Outcome::Failed(failure_text(&spec, &err))
+                }
+            }
+        }
+        Err(Prepared::Busy) if accepted.is_some() => {
+            if let Some(reply) = accepted.take() {
+                let _ = reply.send(Err(Refused::Busy));
+            }
+            let _ = shared
+                .storage
+                .job_update(
+                    id,
+                    job_status::FAILED,
+                    row.attempts + 1,
+                    Some("busy".into()),
+                )
+                .await;
+            metrics::DOCUMENT_JOBS
+                .with_label_values(&[kind, "busy"])
+                .inc();
+            return false;
+        }
+        Err(Prepared::Busy) => Outcome::Failed(
+            "I could not make your PDF because I am very busy. Please ask again in a few minutes."
+                .into(),
+        ),
+        Err(Prepared::Photo(text)) => Outcome::Failed(text),
+    };
+    if let Some(reply) = accepted.take() {
+        let _ = reply.send(Ok(Accepted {
+            job_id: id,
+            position: None,
+        }));
+    }
+    match outcome {
+        Outcome::Delivered => {
+            metrics::DOCUMENT_JOBS
+                .with_label_values(&[kind, "delivered"])
+                .inc();
+            metrics::DOCUMENT_SECONDS
+                .with_label_values(&[kind])
+                .observe(started.elapsed().as_secs_f64());
+            log::info!(
+                "job {id} ({kind}) delivered to chat_id={chat_id} in {} ms",
+                started.elapsed().as_millis()
+            );
+            true
+        }
+        Outcome::Failed(text) => {
+            metrics::DOCUMENT_JOBS
+                .with_label_values(&[kind, "failed"])
+                .inc();
+            let told = shared
+                .telegram
+                .post(chat_id, text_requests(chat_id, &text))
+                .await;
+            if let Err(err) = &told {
+                log::warn!("job {id}: could not tell chat_id={chat_id} it failed: {err}");
+            }
+            let _ = shared
+                .storage
+                .job_update(id, job_status::FAILED, row.attempts + 1, Some(text))
+                .await;
+            false
+        }
+    }
+}
+
+enum Prepared {
+    Busy,
+    /// A photo could not be made ready; the text says which.
+    Photo(String),
+}
+
+/// Prepares the job's input and queues its rendering.
+async fn submit(
+    shared: &Arc<Shared>,
+    row: &JobRow,
+    spec: &JobSpec,
+) -> Result<JobHandle<RenderedPdf, PdfError>, Prepared> {
+    let priority = u8::try_from(row.priority).unwrap_or(100);
+    let submitted = match spec {
+        JobSpec::Report { .. } => {
+            let request = spec.report_request().ok_or(Prepared::Busy)?;
+            let limits = shared.limits.clone();
+            let faults = shared.clone();
+            shared.pool.submit(priority, move || {
+                faults.maybe_panic();
+                render_report(&request, &limits).map_err(Failure::Fatal)
+            })
+        }
+        JobSpec::Album { photos } => {
+            let mut pages = Vec::with_capacity(photos.len());
+            for photo in photos {
+                let prepared = shared
+                    .images
+                    .send(Prepare {
+                        photo: photo.clone(),
+                        priority,
+                    })
+                    .await
+                    .map_err(|_| Prepared::Busy)?
+                    .map_err(|err| Prepared::Photo(err.user_text(&photo.name)))?;
+                pages.push(AlbumPage {
+                    name: photo.name.clone(),
+                    jpeg: prepared.jpeg.clone(),
+                    width: prepared.width,
+                    height: prepared.height,
+                });
+            }
+            let faults = shared.clone();
+            shared.pool.submit(priority, move || {
+                faults.maybe_panic();
+                render_album(&pages).map_err(Failure::Fatal)
+            })
+        }
+    };
+    submitted.map_err(|err| match err {
+        SubmitError::Busy { .. } | SubmitError::Closed => Prepared::Busy,
+    })
+}
+
+impl Shared {
+    /// Injected faults: sleeps first when asked to (a slow render keeps
+    /// jobs queued), then panics while panics are left, so the supervisor's
+    /// restart and the job's retry are visible to tests and operators.
+    fn maybe_panic(&self) {
+        if !self.injected_delay.is_zero() {
+            std::thread::sleep(self.injected_delay);
+        }
+        let left = self
+            .injected_panics
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if left.is_ok() {
+            panic!("injected fault: a PDF worker panics (fault_pdf_panics)");
+        }
+    }
+}
+
+/// Waits for the rendering while showing "sending a file…" in the chat.
+async fn with_chat_action(
+    shared: &Arc<Shared>,
+    chat_id: i64,
+    handle: JobHandle<RenderedPdf, PdfError>,
+) -> Result<RenderedPdf, JobError<PdfError>> {
+    let mut handle = std::pin::pin!(handle);
+    loop {
+        let telegram = shared.telegram.clone();
+        actix_rt::spawn(async move {
+            let _ = telegram
+                .chat_action(chat_id, ChatAction::UploadDocument)
+                .await;
+        });
+        tokio::select! {
+            result = &mut handle => return result,
+            () = tokio::time::sleep(shared.action_every) => {}
+        }
+    }
+}
+
+async fn deliver(shared: &Arc<Shared>, row: &JobRow, spec: &JobSpec, pdf: RenderedPdf) -> Outcome {
+    let (file_name, caption) = match spec {
+        JobSpec::Report { .. } => (
+            format!("report-{}.pdf", row.id),
+            if pdf.truncated {
+                format!(
+                    "Your conversation report ({} pages, shortened to fit).",
+                    pdf.pages
+                )
+            } else {
+                format!("Your conversation report ({} pages).", pdf.pages)
+            },
+        ),
+        JobSpec::Album { photos } => (
+            format!("photos-{}.pdf", row.id),
+            format!("Your {} photos as a PDF.", photos.len()),
+        ),
+    };
+    let params = SendDocumentParams::builder()
+        .chat_id(row.chat_id)
+        .document(FileUpload::String(String::new()))
+        .caption(caption)
+        .build();
+    let upload = Upload {
+        file_name,
+        mime: mime::APPLICATION_PDF,
+        bytes: Bytes::from(pdf.bytes),
+    };
+    let sent = shared
+        .telegram
+        .post(
+            row.chat_id,
+            vec![Request::Document(Box::new(params), upload)],
+        )
+        .await;
+    match sent {
+        Ok(_) => {
+            let _ = shared
+                .storage
+                .job_update(row.id, job_status::DONE, row.attempts + 1, None)
+                .await;
+            Outcome::Delivered
+        }
+        Err(err) => {
+            log::warn!("job {}: the document was not delivered: {err}", row.id);
+            Outcome::Failed(
+                "I made your PDF but could not send it. Please ask for it again.".into(),
+            )
+        }
+    }
+}
+
+fn failure_text(spec: &JobSpec, err: &JobError<PdfError>) -> String {
+    let what = match spec {
+        JobSpec::Report { .. } => "your report",
+        JobSpec::Album { .. } => "the PDF of your photos",
+    };
+    match err {
+        JobError::Cancelled | JobError::Closed => {
+            format!("I had to stop while making {what}. Please ask for it again.")
+        }
+        _ => format!("Sorry, I could not make {what}. Please try again later."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admins_and_short_jobs_come_first() {
+        assert!(priority(true, 40) > priority(false, 1));
+        assert!(priority(false, 1) > priority(false, 40));
+        assert_eq!(priority(false, 500), priority(false, 50));
+    }
+
+    #[test]
+    fn specs_round_trip_through_the_payload_column() {
+        let spec = JobSpec::Album {
+            photos: vec![PhotoRef {
+                file_id: "f".into(),
+                file_unique_id: "u".into(),
+                name: "photo 1".into(),
+                size: Some(10),
+            }],
+        };
+        let text = serde_json::to_string(&spec).unwrap();
+        assert!(text.contains("\"kind\":\"album\""), "{text}");
+        let back: JobSpec = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.kind(), "album");
+        assert_eq!(back.pages(), 1);
+    }
+}
