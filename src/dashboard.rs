@@ -240,6 +240,6 @@ mod tests {
         assert!(screen.contains("router"), "{screen}");
         assert!(screen.contains("!    sessions"), "{screen}");
         assert!(screen.contains("[firing] redis is down"), "{screen}");
-        assert!(screen.contains("▂█"), "{screen}");
+        assert!(screen.contains("▃█"), "{screen}");
     }
 }

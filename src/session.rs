@@ -126,9 +126,6 @@ pub struct Session {
     /// False when the record could not be loaded: saving then would
     /// overwrite the stored figures with fresh ones.
     restored: bool,
-    /// A user seen for the first time: saved at once, so that they count
-    /// (in /admin_stats) before the periodic save.
-    first_contact: bool,
     dirty: bool,
     limiter: UserLimiter,
     stats_cache: Option<(Instant, String)>,
@@ -147,7 +144,6 @@ impl Session {
             record: UserRecord::new(chat_id, now_millis()),
             conversation: Conversation::default(),
             restored: false,
-            first_contact: false,
             dirty: false,
             limiter,
             stats_cache: None,
@@ -208,11 +204,6 @@ impl Session {
         self.record.messages += 1;
         self.record.last_seen = now_millis();
         self.dirty = true;
-        if std::mem::take(&mut self.first_contact)
-            && let Some(save) = self.save()
-        {
-            ctx.spawn(save.into_actor(self));
-        }
 
         match self.limiter.check(now) {
             Verdict::Allowed => {}
@@ -611,10 +602,7 @@ impl Actor for Session {
                         this.record = record;
                         this.restored = true;
                     }
-                    Ok(None) => {
-                        this.restored = true;
-                        this.first_contact = true;
-                    }
+                    Ok(None) => this.restored = true,
                     Err(err) => log::warn!(
                         "could not restore chat_id={}: {err}; its figures start afresh and are not saved",
                         this.chat_id
@@ -732,7 +720,7 @@ fn photo_of(message: &TgMessage, number: usize) -> Option<PhotoRef> {
             file_id: largest.file_id.clone(),
             file_unique_id: largest.file_unique_id.clone(),
             name: format!("photo {number}"),
-            size: largest.file_size.map(u64::from),
+            size: largest.file_size,
         });
     }
     let document = message.document.as_ref()?;

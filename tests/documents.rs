@@ -153,7 +153,11 @@ async fn report_holds_the_conversation_over_several_pages_cyrillic_included() {
         message.text
     );
     // Lines wrap anywhere: compare with whitespace collapsed.
-    let all = pages.join(" ").split_whitespace().collect::<Vec<_>>().join(" ");
+    let all = pages
+        .join(" ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     for needle in [
         "Привет! Как работает фотосинтез?",
         "Фотосинтез превращает свет в химическую энергию.",
@@ -163,7 +167,11 @@ async fn report_holds_the_conversation_over_several_pages_cyrillic_included() {
         "Long question 5",
         "word5x16",
     ] {
-        assert!(all.contains(needle), "{needle:?} missing from the report:\n{}", &all[..all.len().min(1500)]);
+        assert!(
+            all.contains(needle),
+            "{needle:?} missing from the report:\n{}",
+            &all[..all.len().min(1500)]
+        );
     }
     let last = pages.len();
     assert!(
@@ -330,7 +338,11 @@ async fn kill_9_with_jobs_queued_then_restart_delivers_every_report() {
     let told = |s: &actorbot_testkit::telegram::FakeState| {
         users
             .iter()
-            .filter(|u| s.messages_to(**u).iter().any(|m| m.text.contains("in the queue")))
+            .filter(|u| {
+                s.messages_to(**u)
+                    .iter()
+                    .any(|m| m.text.contains("in the queue"))
+            })
             .count()
     };
     app.tg

@@ -232,7 +232,7 @@ async fn admin_commands_answer_admins_only() {
     );
     app.tg.inject_text(admin, "/admin_stats");
     let stats = answers(admin, 3).await;
-    assert!(stats.contains("Users: 1 total"), "{stats}");
+    assert!(stats.contains("1 in conversation now"), "{stats}");
     assert!(stats.contains("Messages today (UTC): 3"), "{stats}");
     assert!(stats.contains("Uptime:"), "{stats}");
 

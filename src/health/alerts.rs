@@ -220,9 +220,9 @@ mod tests {
                 .is_empty()
         );
         // Past the quiet period it is announced again, also while it keeps firing.
-        let later = t0 + Duration::from_secs(601);
+        let later = t0 + Duration::from_secs(600);
         assert!(
-            book.evaluate(vec![obs("q", true)], 4, later - Duration::from_secs(1))
+            book.evaluate(vec![obs("q", true)], 4, t0 + Duration::from_secs(599))
                 .is_empty()
         );
         assert_eq!(book.evaluate(vec![obs("q", true)], 5, later).len(), 1);

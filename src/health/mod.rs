@@ -107,7 +107,7 @@ pub async fn admin_stats_text(storage: &Storage, ai_cache: &Arc<Cache>, uptime_s
         "no lookups yet".into()
     };
     format!(
-        "Users: {} total, {} active in the last 24 h\n\
+        "Users: {} total, {} active in the last 24 h (as last saved), {} in conversation now\n\
          Messages today (UTC): {}\n\
          AI requests: {}\n\
          PDF jobs: {}\n\
@@ -115,6 +115,7 @@ pub async fn admin_stats_text(storage: &Storage, ai_cache: &Arc<Cache>, uptime_s
          Uptime: {}",
         figure(total),
         figure(active),
+        metrics::USER_ACTORS.get(),
         figure(today),
         describe(&ai),
         describe(&pdf),

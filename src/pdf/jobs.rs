@@ -459,7 +459,7 @@ async fn submit(
     let submitted = match spec {
         JobSpec::Report { .. } => {
             let request = spec.report_request().ok_or(Prepared::Busy)?;
-            let limits = shared.limits.clone();
+            let limits = shared.limits;
             let faults = shared.clone();
             shared.pool.submit(priority, move || {
                 faults.maybe_panic();
