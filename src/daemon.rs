@@ -204,6 +204,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ai_cache: cache.clone(),
         started,
     });
+    // The checker probes the others; the endpoints show it too.
+    let mut observed = observed;
+    observed.actors.push(("health", health.clone().recipient()));
     let ops = http::ops::Ops {
         health: health.clone(),
         config: Arc::new(config.clone()),

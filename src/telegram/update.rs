@@ -12,7 +12,9 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 pub struct RawUpdate {
     pub update_id: i64,
-    pub body: Value,
+    /// Shared: an update passes through several actors, and cloning a
+    /// JSON tree for each would cost more than handling it.
+    pub body: std::sync::Arc<Value>,
     /// When this process received it, for update-to-reply latency.
     pub received: std::time::Instant,
 }
@@ -23,14 +25,14 @@ impl RawUpdate {
         let update_id = body.get("update_id")?.as_i64()?;
         Some(RawUpdate {
             update_id,
-            body,
+            body: std::sync::Arc::new(body),
             received: std::time::Instant::now(),
         })
     }
 
     /// The typed update, or why it could not be read.
     pub fn parse(&self) -> Result<Update, serde_json::Error> {
-        serde::Deserialize::deserialize(&self.body)
+        serde::Deserialize::deserialize(&*self.body)
     }
 
     /// The chat the update belongs to, read without parsing the rest: the

@@ -191,6 +191,17 @@ impl Rig {
         (ticks(11) + ticks(12)) / 100.0
     }
 
+    async fn metrics(&self) -> Result<String, Box<dyn std::error::Error>> {
+        let client = awc::Client::default();
+        let mut response = client
+            .get(format!("http://{}/metrics", self.http))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = response.body().limit(16 << 20).await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.daemon.id()))
             .unwrap_or_default();
@@ -377,5 +388,28 @@ async fn ai(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         (last - latency.as_secs_f64()) * 1000.0,
         backend.max_in_flight()
     );
+    // The pool's own share, from the daemon's histograms: time waiting for
+    // a slot, and each attempt's time beyond the backend's latency
+    // (connection, request, reading and parsing the stream).
+    let metrics = rig.metrics().await?;
+    let mean = |name: &str| {
+        let sum = metric_value(&metrics, &format!("{name}_sum"));
+        let count = metric_value(&metrics, &format!("{name}_count"));
+        if count > 0.0 { sum / count } else { 0.0 }
+    };
+    println!(
+        "ai: pool overhead per request: {:.2} ms waiting for a slot, {:.2} ms per attempt beyond the backend's {} ms",
+        mean("actorbot_ai_queue_wait_seconds") * 1000.0,
+        (mean("actorbot_ai_request_seconds") - latency.as_secs_f64()) * 1000.0,
+        latency.as_millis()
+    );
     Ok(())
+}
+
+/// The value of an unlabelled metric line in Prometheus text.
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }

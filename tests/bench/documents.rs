@@ -1,0 +1,147 @@
+//! Benchmark of the CPU work behind `/report` and `/pdf`: reports per
+//! second for a 5-page report, photos per second for a 12-megapixel JPEG,
+//! and an album of 10 processed photos. One thread, then all cores.
+//!
+//! cargo bench --bench documents
+
+use std::io::Cursor;
+use std::time::{Duration, Instant};
+
+use actorbot::images::process::{ImageLimits, process};
+use actorbot::pdf::album::{AlbumPage, render_album};
+use actorbot::pdf::report::{Exchange, ReportLimits, ReportRequest, render_report};
+
+fn main() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("documents benchmark on {cores} cores");
+
+    let report = five_page_report();
+    let limits = ReportLimits { max_pages: 50 };
+    let first = render_report(&report, &limits).expect("renders");
+    println!(
+        "report: {} pages, {} bytes, {} exchanges",
+        first.pages,
+        first.bytes.len(),
+        report.exchanges.len()
+    );
+    let per_thread = rate(Duration::from_secs(3), || {
+        render_report(&report, &limits).expect("renders");
+    });
+    let all = parallel(cores, Duration::from_secs(3), || {
+        render_report(&report, &limits).expect("renders");
+    });
+    println!(
+        "reports/s ({} pages): {per_thread:.1} on one core, {all:.1} on {cores} cores",
+        first.pages
+    );
+
+    let photo = twelve_megapixels();
+    println!("photo: 4000 × 3000 JPEG, {} bytes", photo.len());
+    let image_limits = ImageLimits::default();
+    let processed = process(&photo, &image_limits).expect("processes");
+    let per_thread = rate(Duration::from_secs(5), || {
+        process(&photo, &image_limits).expect("processes");
+    });
+    let all = parallel(cores, Duration::from_secs(5), || {
+        process(&photo, &image_limits).expect("processes");
+    });
+    println!(
+        "photos/s (12 MP JPEG → {} × {}): {per_thread:.2} on one core, {all:.2} on {cores} cores",
+        processed.width, processed.height
+    );
+
+    let pages: Vec<AlbumPage> = (0..10)
+        .map(|i| AlbumPage {
+            name: format!("photo {}", i + 1),
+            jpeg: processed.jpeg.clone(),
+            width: processed.width,
+            height: processed.height,
+        })
+        .collect();
+    let album = render_album(&pages).expect("renders");
+    let per_thread = rate(Duration::from_secs(3), || {
+        render_album(&pages).expect("renders");
+    });
+    println!(
+        "albums/s (10 photos, {} bytes): {per_thread:.1} on one core",
+        album.bytes.len()
+    );
+}
+
+/// Runs `f` repeatedly for about `budget`; answers runs per second.
+fn rate(budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let started = Instant::now();
+    let mut runs = 0u64;
+    while started.elapsed() < budget {
+        f();
+        runs += 1;
+    }
+    runs as f64 / started.elapsed().as_secs_f64()
+}
+
+/// `rate` on `threads` threads at once; answers the total per second.
+fn parallel(threads: usize, budget: Duration, f: impl Fn() + Sync) -> f64 {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| scope.spawn(|| rate(budget, &f)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+    })
+}
+
+/// Six exchanges of about 250 words, mixed scripts: five pages.
+fn five_page_report() -> ReportRequest {
+    let words = [
+        "actors",
+        "mailbox",
+        "Привет",
+        "καλημέρα",
+        "naïve",
+        "supervision",
+        "backpressure",
+        "throughput",
+        "latency",
+        "Zürich",
+        "сообщение",
+        "λόγος",
+    ];
+    let text = |seed: usize, n: usize| {
+        (0..n)
+            .map(|i| words[(seed * 7 + i * 13) % words.len()])
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    ReportRequest {
+        user_name: "Benchmark User".into(),
+        generated_at: "2026-11-25 12:00 UTC".into(),
+        exchanges: (0..6)
+            .map(|i| Exchange {
+                question: format!("Question {i}: {}", text(i, 20)),
+                answer: text(i + 100, 250),
+            })
+            .collect(),
+    }
+}
+
+/// A 4000 × 3000 photo-like JPEG: gradients with noise, so that it does
+/// not compress to nothing.
+fn twelve_megapixels() -> Vec<u8> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let image = image::RgbImage::from_fn(4000, 3000, |x, y| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let noise = (state % 32) as u32;
+        image::Rgb([
+            ((x * 255 / 4000 + noise) % 256) as u8,
+            ((y * 255 / 3000 + noise) % 256) as u8,
+            (((x + y) * 255 / 7000 + noise) % 256) as u8,
+        ])
+    });
+    let mut out = Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+        .encode_image(&image)
+        .expect("encodes");
+    out.into_inner()
+}
