@@ -34,7 +34,7 @@ use crate::http;
 use crate::images::ImagePool;
 use crate::intake::polling::{Poller, StopPolling};
 use crate::journal::{Flush, Journal};
-use crate::pdf::jobs::{PdfJobs, ResumeJobs};
+use crate::pdf::jobs::{PdfJobs, ResumeJobs, StopJobs};
 use crate::router::{Replay, Router, Sessions, StopIntake};
 use crate::session::{AdminDeps, Documents, Session, SessionDeps};
 use crate::storage::Storage;
@@ -218,6 +218,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let server_handle = server.handle();
     let server_task = actix_rt::spawn(server);
     log::info!("HTTP endpoint on http://{}", config.http_addr);
+    if !config.http_addr.ip().is_loopback() && config.admin_http_token.is_empty() {
+        log::warn!(
+            "HTTP_ADDR {} is reachable beyond this host and ADMIN_HTTP_TOKEN is not set: \
+             anyone who reaches it can read the figures and the configuration",
+            config.http_addr
+        );
+    }
 
     let poller = if config.webhook_enabled() {
         let params = SetWebhookParams::builder()
@@ -271,6 +278,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         log::warn!("shutdown deadline reached while user states were being saved");
     }
+    // PDF jobs send nothing new; the documents under way get their done
+    // marks. The rest stay recorded and are resumed at the next start.
+    if tokio::time::timeout_at(deadline.into(), pdf.send(StopJobs { deadline }))
+        .await
+        .is_err()
+    {
+        log::warn!("shutdown deadline reached while PDF deliveries were finishing");
+    }
     drain_outbox(&outbox, deadline).await;
     wait_for_replies(&replies_in_flight, deadline).await;
     if tokio::time::timeout_at(deadline.into(), journal.send(Flush))
@@ -279,8 +294,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         log::warn!("shutdown deadline reached while the journal was being written");
     }
-    server_handle.stop(true).await;
-    let _ = server_task.await;
+    // Within the deadline: a container's stop timeout is set from it.
+    let stopped = async {
+        server_handle.stop(true).await;
+        let _ = server_task.await;
+    };
+    if tokio::time::timeout_at(deadline.into(), stopped)
+        .await
+        .is_err()
+    {
+        log::warn!("shutdown deadline reached while the HTTP server was stopping");
+    }
     for arbiter in arbiters
         .into_iter()
         .chain([journal_arbiter, ai_arbiter, documents_arbiter])

@@ -680,7 +680,9 @@ impl Handler<AnswerFinished> for Session {
             }
             let storage = self.deps.storage.clone();
             let user_id = self.chat_id;
-            ctx.spawn(
+            // Held mailbox: a /report sent right after the answer arrives
+            // must find this exchange saved.
+            ctx.wait(
                 async move {
                     if let Err(err) = storage.turn_push(user_id, msg.question, answer).await {
                         log::warn!("chat_id={user_id}: could not save the exchange: {err}");

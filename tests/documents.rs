@@ -318,7 +318,10 @@ async fn kill_9_with_jobs_queued_then_restart_delivers_every_report() {
     let app = with_ai(&ai)
         .data_dir(data_dir.clone())
         .env("PDF_SEMAPHORE_LIMIT", 1)
-        .env("FAULT_PDF_DELAY", 3)
+        .env(
+            "FAULT_PDF_GATE",
+            data_dir.join("gate-never-opened").display(),
+        )
         .start()
         .await;
     for user in &users {
@@ -348,7 +351,15 @@ async fn kill_9_with_jobs_queued_then_restart_delivers_every_report() {
     app.tg
         .wait_until(WAIT, |s| told(s) >= 3)
         .await
-        .unwrap_or_else(|e| panic!("{e}: {} told their place", app.tg.read(told)));
+        .unwrap_or_else(|e| {
+            let log = app.log();
+            let jobs: Vec<&str> = log.lines().filter(|l| l.contains("pdf::jobs")).collect();
+            panic!(
+                "{e}: {} told their place\n{}",
+                app.tg.read(told),
+                jobs.join("\n")
+            )
+        });
     assert!(
         app.tg.read(|s| users
             .iter()

@@ -103,7 +103,8 @@ async fn exercise(config: &Config) {
     assert!(storage.turns_recent(42, 10).await.unwrap().is_empty());
     assert_eq!(storage.turns_recent(43, 10).await.unwrap().len(), 1);
 
-    // Jobs: queued, run, finished, purged; unfinished ones by priority.
+    // Jobs: queued, run, finished, purged; unfinished ones by priority,
+    // the highest first.
     let job = |priority| NewJob {
         kind: "report".into(),
         user_id: 42,
@@ -111,9 +112,9 @@ async fn exercise(config: &Config) {
         priority,
         payload: "{}".into(),
     };
-    let low = storage.job_insert(job(5)).await.unwrap().id;
-    let high = storage.job_insert(job(1)).await.unwrap().id;
-    assert!(high > low, "ids grow with time");
+    let high = storage.job_insert(job(5)).await.unwrap().id;
+    let low = storage.job_insert(job(1)).await.unwrap().id;
+    assert!(low > high, "ids grow with time");
     let order: Vec<i64> = storage
         .jobs_unfinished()
         .await

@@ -134,7 +134,7 @@ pub struct Config {
     pub image_cache_size: usize,
     pub queue_notice_ahead: usize,
     pub fault_pdf_panics: u32,
-    pub fault_pdf_delay: f64,
+    pub fault_pdf_gate: String,
 
     pub health_interval: f64,
     pub dependency_check_interval: f64,

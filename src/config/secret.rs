@@ -68,24 +68,42 @@ impl SecretUrl {
         self.0.is_empty()
     }
 
-    /// The URL with the password of its user-info part replaced.
+    /// The URL with its password replaced: the one in the user-info part
+    /// (everything up to the last `@`, so that a password holding `/` or
+    /// `@` is covered), and `password=` in the query string.
     pub fn redacted(&self) -> String {
         let Some((scheme, rest)) = self.0.split_once("://") else {
             return self.0.clone();
         };
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        let (authority, path) = rest.split_at(authority_end);
-        match authority.rsplit_once('@') {
+        let (base, query) = match rest.split_once('?') {
+            Some((base, query)) => (base, Some(query)),
+            None => (rest, None),
+        };
+        let mut out = format!("{scheme}://");
+        match base.rsplit_once('@') {
             Some((userinfo, host)) => {
-                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-                if userinfo.contains(':') {
-                    format!("{scheme}://{user}:{REDACTED}@{host}{path}")
-                } else {
-                    format!("{scheme}://{user}@{host}{path}")
+                match userinfo.split_once(':') {
+                    Some((user, _)) => out.push_str(&format!("{user}:{REDACTED}@")),
+                    None => out.push_str(&format!("{userinfo}@")),
                 }
+                out.push_str(host);
             }
-            None => self.0.clone(),
+            None => out.push_str(base),
         }
+        if let Some(query) = query {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.to_ascii_lowercase().contains("pass") => {
+                        format!("{key}={REDACTED}")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            out.push('?');
+            out.push_str(&pairs.join("&"));
+        }
+        out
     }
 }
 
@@ -116,6 +134,26 @@ impl<'de> Deserialize<'de> for SecretUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_with_slashes_and_in_queries_are_hidden() {
+        let url = SecretUrl::new(
+            "postgres://bot:pa/ss@w0rd@db:5432/actorbot?sslmode=disable&password=QSECRET",
+        );
+        let shown = url.redacted();
+        assert!(
+            !shown.contains("pa/ss") && !shown.contains("w0rd") && !shown.contains("QSECRET"),
+            "{shown}"
+        );
+        assert!(
+            shown.starts_with("postgres://bot:<redacted>@db:5432/actorbot?sslmode=disable"),
+            "{shown}"
+        );
+        assert_eq!(
+            SecretUrl::new("redis://127.0.0.1:6379").redacted(),
+            "redis://127.0.0.1:6379"
+        );
+    }
 
     #[test]
     fn url_password_is_hidden_and_host_kept() {

@@ -294,7 +294,9 @@ impl HealthChecker {
             },
         ];
         for (name, dependency) in &self.dependencies {
-            let down = matches!(dependency.health, Health::Unhealthy(_));
+            // Degraded counts: a Redis away leaves the bot answering from
+            // the in-process cache, but someone should bring it back.
+            let down = !matches!(dependency.health, Health::Healthy);
             let why = match &dependency.health {
                 Health::Unhealthy(why) | Health::Degraded(why) => why.clone(),
                 Health::Healthy => String::new(),

@@ -160,11 +160,18 @@ fn histogram_buckets(collector: &dyn Collector) -> Vec<(f64, f64)> {
     let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
     for family in collector.collect() {
         for metric in family.get_metric() {
-            for bucket in metric.get_histogram().get_bucket() {
+            let histogram = metric.get_histogram();
+            for bucket in histogram.get_bucket() {
                 let bound = bucket.upper_bound();
                 let entry = buckets.entry(bound.to_bits()).or_insert((bound, 0.0));
                 entry.1 += bucket.cumulative_count() as f64;
             }
+            // The +Inf bucket is implicit: the count of every observation,
+            // so that replies slower than the last bound still count.
+            let entry = buckets
+                .entry(f64::INFINITY.to_bits())
+                .or_insert((f64::INFINITY, 0.0));
+            entry.1 += histogram.get_sample_count() as f64;
         }
     }
     let mut list: Vec<(f64, f64)> = buckets.into_values().collect();
@@ -187,6 +194,10 @@ pub fn percentile(cumulative: &[(f64, f64)], q: f64) -> f64 {
     let mut lower_count = 0.0;
     for &(bound, count) in cumulative {
         if count >= rank {
+            if bound.is_infinite() {
+                // Slower than the last bound: that bound is all we know.
+                return lower_bound;
+            }
             let in_bucket = count - lower_count;
             if in_bucket <= 0.0 {
                 return bound;
@@ -249,6 +260,9 @@ mod tests {
         assert!((percentile(&buckets, 0.7) - 0.015).abs() < 1e-9);
         assert!((percentile(&buckets, 0.95) - 0.06).abs() < 1e-9);
         assert_eq!(percentile(&[], 0.5), 0.0);
+        // Half the observations past the last bound.
+        let slow = [(0.01, 50.0), (30.0, 50.0), (f64::INFINITY, 100.0)];
+        assert_eq!(percentile(&slow, 0.95), 30.0);
         assert_eq!(percentile(&[(0.01, 0.0), (f64::INFINITY, 0.0)], 0.99), 0.0);
     }
 

@@ -13,6 +13,7 @@ pub mod process;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use actix::prelude::*;
 use actorbot_actors::pool::{Failure, JobError, PoolConfig, SubmitError, WorkerPool};
@@ -204,8 +205,7 @@ async fn fetch_and_process(
     if photo.size.is_some_and(|size| size > max as u64) {
         return Err(PhotoError::TooLarge { max });
     }
-    let file = api
-        .get_file(&photo.file_id)
+    let file = with_retries(|| api.get_file(&photo.file_id))
         .await
         .map_err(PhotoError::Download)?;
     if file.file_size.is_some_and(|size| size > max as u64) {
@@ -215,16 +215,18 @@ async fn fetch_and_process(
         // Telegram gives no path for files over its own download limit.
         return Err(PhotoError::TooLarge { max });
     };
-    let bytes = api
-        .download_file(&path, max)
+    let bytes = with_retries(|| api.download_file(&path, max))
         .await
         .map_err(|err| match err {
             TelegramError::Refused { .. } => PhotoError::TooLarge { max },
             other => PhotoError::Download(other),
         })?;
-    let download = TempFile::write(temp_dir, "photo", &bytes)
+    // Off the event loop: a 20 MB write would stall every actor on it.
+    let dir = temp_dir.to_path_buf();
+    let download = tokio::task::spawn_blocking(move || TempFile::write(&dir, "photo", &bytes))
+        .await
+        .map_err(|err| PhotoError::Failed(err.to_string()))?
         .map_err(|err| PhotoError::Failed(format!("cannot write a temporary file: {err}")))?;
-    drop(bytes);
     let source = download.path().to_path_buf();
     let job_limits = limits.clone();
     let handle = pool
@@ -245,6 +247,32 @@ async fn fetch_and_process(
         JobError::Failed(err) => err,
         other => PhotoError::Failed(other.to_string()),
     })
+}
+
+/// Attempts at a getFile or a download that fails for a passing reason.
+const FETCH_ATTEMPTS: u32 = 3;
+
+/// Runs `call` again after a short pause while it fails transiently (a
+/// network error, a 5xx, a 429), up to [`FETCH_ATTEMPTS`] times.
+async fn with_retries<T, F, Fut>(call: F) -> Result<T, TelegramError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, TelegramError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(err) if err.is_transient() && attempt < FETCH_ATTEMPTS => {
+                let pause = err
+                    .retry_after()
+                    .unwrap_or(Duration::from_millis(250 * u64::from(attempt)));
+                log::debug!("fetching a photo failed ({err}); again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Keys a processed photo by the file and the settings that shaped it.

@@ -15,7 +15,7 @@ use std::fmt;
 use std::io::Cursor;
 
 use image::codecs::jpeg::JpegEncoder;
-use image::imageops::{self, FilterType};
+use image::imageops;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
@@ -90,10 +90,6 @@ pub enum ImageError {
 
 /// Largest bytes per decoded pixel among the enabled formats (16-bit RGBA PNG).
 const MAX_BYTES_PER_PIXEL: u64 = 8;
-
-/// Fast enough for a 12 MP photo on a worker thread and visibly smoother than
-/// nearest/box sampling at the ~3x reductions phone photos need.
-const RESIZE_FILTER: FilterType = FilterType::Triangle;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -297,7 +293,10 @@ fn resize_for_page(rgb: RgbImage, orientation: Orientation, limits: &ImageLimits
     if (new_w, new_h) == (w, h) {
         return rgb;
     }
-    imageops::resize(&rgb, new_w, new_h, RESIZE_FILTER)
+    // Area averaging: every source pixel counts (no aliasing at the ~3x
+    // reductions phone photos need), and it is about 2.5 times as fast as a
+    // Triangle filter on a 12 MP photo.
+    imageops::thumbnail(&rgb, new_w, new_h)
 }
 
 /// Largest size with the same aspect ratio that fits the box, never larger than
@@ -853,8 +852,8 @@ mod tests {
 
         let ms = |d: Duration| d.as_secs_f64() * 1000.0 / f64::from(RUNS);
         for (name, filter) in [
-            ("Triangle", Some(FilterType::Triangle)),
-            ("CatmullRom", Some(FilterType::CatmullRom)),
+            ("Triangle", Some(imageops::FilterType::Triangle)),
+            ("CatmullRom", Some(imageops::FilterType::CatmullRom)),
             ("thumbnail (area average)", None),
         ] {
             let (mut decode_t, mut resize_t, mut encode_t) =

@@ -11,7 +11,7 @@
 //! so a one-page report does not wait behind a forty-page one.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -121,18 +121,35 @@ pub struct SubmitJob {
 #[rtype(result = "usize")]
 pub struct ResumeJobs;
 
+/// Stops new deliveries for a shutdown, and answers once the deliveries
+/// under way have their done marks written (or `deadline` passes). Jobs not
+/// delivered stay recorded and are resumed at the next start.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopJobs {
+    pub deadline: Instant,
+}
+
+/// How long a resumed job waits before trying a full queue again.
+const RESUME_RETRY: Duration = Duration::from_secs(1);
+
 /// What the per-job tasks share.
 struct Shared {
+    max_attempts: u32,
+    /// Set by [`StopJobs`]: no new document is sent.
+    stopping: AtomicBool,
+    /// Documents posted whose done mark is not written yet.
+    delivering: AtomicUsize,
     storage: Storage,
     telegram: Telegram,
     images: Addr<ImagePool>,
     pool: WorkerPool,
     limits: ReportLimits,
     action_every: Duration,
-    /// Renders left to fail on purpose, and a pause before each render
-    /// (fault injection for tests).
+    /// Renders left to fail on purpose, and a file renders wait for (fault
+    /// injection for tests).
     injected_panics: AtomicU32,
-    injected_delay: Duration,
+    injected_gate: Option<std::path::PathBuf>,
 }
 
 pub struct PdfJobs {
@@ -156,6 +173,9 @@ impl PdfJobs {
         })?;
         Ok(PdfJobs {
             shared: Arc::new(Shared {
+                max_attempts: config.job_max_attempts,
+                stopping: AtomicBool::new(false),
+                delivering: AtomicUsize::new(0),
                 storage,
                 telegram,
                 images,
@@ -165,7 +185,8 @@ impl PdfJobs {
                 },
                 action_every: Config::secs(config.typing_interval),
                 injected_panics: AtomicU32::new(config.fault_pdf_panics),
-                injected_delay: Config::secs(config.fault_pdf_delay.max(0.0)),
+                injected_gate: (!config.fault_pdf_gate.is_empty())
+                    .then(|| config.fault_pdf_gate.clone().into()),
             }),
             running: 0,
             delivered: 0,
@@ -292,6 +313,14 @@ impl Handler<ResumeJobs> for PdfJobs {
                     };
                     let mut resumed = 0;
                     for row in rows {
+                        if row.attempts >= this.shared.max_attempts as i32 {
+                            // Each start that found it unfinished counted an
+                            // attempt: a job that takes the process down
+                            // must not do so at every start.
+                            log::warn!("job {} gave up after {} attempts", row.id, row.attempts);
+                            give_up(this.shared.clone(), row);
+                            continue;
+                        }
                         match serde_json::from_str::<JobSpec>(&row.payload) {
                             Ok(spec) => {
                                 log::info!("resuming job {} ({})", row.id, row.kind);
@@ -319,6 +348,48 @@ impl Handler<ResumeJobs> for PdfJobs {
                 }),
         )
     }
+}
+
+impl Handler<StopJobs> for PdfJobs {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: StopJobs, _: &mut Self::Context) -> Self::Result {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.pool.close();
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            while shared.delivering.load(Ordering::SeqCst) > 0 && Instant::now() < msg.deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    }
+}
+
+/// Marks a job failed for good and tells its user.
+fn give_up(shared: Arc<Shared>, row: JobRow) {
+    actix_rt::spawn(async move {
+        let text =
+            "Sorry, I could not make your PDF: it failed several times. Please try again later.";
+        let _ = shared
+            .telegram
+            .post(row.chat_id, text_requests(row.chat_id, text))
+            .await;
+        if let Err(err) = shared
+            .storage
+            .job_update(
+                row.id,
+                job_status::FAILED,
+                row.attempts,
+                Some("gave up".into()),
+            )
+            .await
+        {
+            log::warn!("job {}: could not record its end: {err}", row.id);
+        }
+        metrics::DOCUMENT_JOBS
+            .with_label_values(&[row.kind.as_str(), "failed"])
+            .inc();
+    });
 }
 
 impl Handler<Probe> for PdfJobs {
@@ -360,7 +431,19 @@ async fn run(
         .storage
         .job_update(id, job_status::RUNNING, row.attempts + 1, None)
         .await;
-    let outcome = match submit(&shared, &row, &spec).await {
+    let submitted = loop {
+        match submit(&shared, &row, &spec).await {
+            // A resumed job was accepted before: it waits for room rather
+            // than failing because the restart queued everything at once.
+            Err(Prepared::Busy)
+                if accepted.is_none() && !shared.stopping.load(Ordering::SeqCst) =>
+            {
+                tokio::time::sleep(RESUME_RETRY).await;
+            }
+            other => break other,
+        }
+    };
+    let outcome = match submitted {
         Ok(handle) => {
             if let Some(reply) = accepted.take() {
                 let position = shared.pool.position(handle.id());
@@ -372,6 +455,11 @@ async fn run(
             }
             let rendered = with_chat_action(&shared, chat_id, handle).await;
             match rendered {
+                Ok(_) if shared.stopping.load(Ordering::SeqCst) => {
+                    // Shutting down: left recorded, delivered after the restart.
+                    log::info!("job {id} ({kind}) left for the next start");
+                    return false;
+                }
                 Ok(pdf) => deliver(&shared, &row, &spec, pdf).await,
                 Err(err) => {
                     log::warn!("job {id} ({kind}) failed: {err}");
@@ -498,12 +586,14 @@ async fn submit(
 }
 
 impl Shared {
-    /// Injected faults: sleeps first when asked to (a slow render keeps
-    /// jobs queued), then panics while panics are left, so the supervisor's
+    /// Injected faults: waits for the gate file first when there is one (a
+    /// render held back keeps jobs queued), then panics while panics are left, so the supervisor's
     /// restart and the job's retry are visible to tests and operators.
     fn maybe_panic(&self) {
-        if !self.injected_delay.is_zero() {
-            std::thread::sleep(self.injected_delay);
+        if let Some(gate) = &self.injected_gate {
+            while !gate.exists() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         let left = self
             .injected_panics
@@ -520,14 +610,19 @@ async fn with_chat_action(
     chat_id: i64,
     handle: JobHandle<RenderedPdf, PdfError>,
 ) -> Result<RenderedPdf, JobError<PdfError>> {
+    let job = handle.id();
     let mut handle = std::pin::pin!(handle);
     loop {
-        let telegram = shared.telegram.clone();
-        actix_rt::spawn(async move {
-            let _ = telegram
-                .chat_action(chat_id, ChatAction::UploadDocument)
-                .await;
-        });
+        // Only while it renders: a queue of waiting jobs would otherwise
+        // spend the bot's sending rate on "sending a file…".
+        if shared.pool.position(job).is_none() {
+            let telegram = shared.telegram.clone();
+            actix_rt::spawn(async move {
+                let _ = telegram
+                    .chat_action(chat_id, ChatAction::UploadDocument)
+                    .await;
+            });
+        }
         tokio::select! {
             result = &mut handle => return result,
             () = tokio::time::sleep(shared.action_every) => {}
@@ -563,6 +658,7 @@ async fn deliver(shared: &Arc<Shared>, row: &JobRow, spec: &JobSpec, pdf: Render
         mime: mime::APPLICATION_PDF,
         bytes: Bytes::from(pdf.bytes),
     };
+    shared.delivering.fetch_add(1, Ordering::SeqCst);
     let sent = shared
         .telegram
         .post(
@@ -570,12 +666,16 @@ async fn deliver(shared: &Arc<Shared>, row: &JobRow, spec: &JobSpec, pdf: Render
             vec![Request::Document(Box::new(params), upload)],
         )
         .await;
-    match sent {
+    let outcome = match sent {
         Ok(_) => {
-            let _ = shared
+            if let Err(err) = shared
                 .storage
                 .job_update(row.id, job_status::DONE, row.attempts + 1, None)
-                .await;
+                .await
+            {
+                // It would be sent again after a restart.
+                log::warn!("job {}: delivered, but its done mark failed: {err}", row.id);
+            }
             Outcome::Delivered
         }
         Err(err) => {
@@ -584,7 +684,9 @@ async fn deliver(shared: &Arc<Shared>, row: &JobRow, spec: &JobSpec, pdf: Render
                 "I made your PDF but could not send it. Please ask for it again.".into(),
             )
         }
-    }
+    };
+    shared.delivering.fetch_sub(1, Ordering::SeqCst);
+    outcome
 }
 
 fn failure_text(spec: &JobSpec, err: &JobError<PdfError>) -> String {

@@ -538,12 +538,13 @@ impl Storage {
         .await
     }
 
-    /// Jobs queued or running (a restart resumes them), by priority then age.
+    /// Jobs queued or running (a restart resumes them), highest priority
+    /// first, then oldest.
     pub async fn jobs_unfinished(&self) -> Result<Vec<JobRow>, StorageError> {
         self.blocking(|pools| {
             Ok(with_conn!(pools, |conn| jobs::table
                 .filter(jobs::status.eq_any([job_status::QUEUED, job_status::RUNNING]))
-                .order((jobs::priority.asc(), jobs::id.asc()))
+                .order((jobs::priority.desc(), jobs::id.asc()))
                 .select(JobRow::as_select())
                 .load(conn)?))
         })
