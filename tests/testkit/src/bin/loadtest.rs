@@ -103,7 +103,7 @@ impl Rig {
     ) -> Result<Rig, Box<dyn std::error::Error>> {
         let fake = FakeTelegram::start(FakeTelegramConfig {
             token: TOKEN.into(),
-            record_calls: false,
+            record_calls: args.run.split(',').any(|r| r.trim() == "ai"),
             workers: 1,
             ..Default::default()
         })?;
@@ -388,6 +388,30 @@ async fn ai(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         (last - latency.as_secs_f64()) * 1000.0,
         backend.max_in_flight()
     );
+    // Where the rest goes: from the question to the first call for its
+    // chat (intake, journal, session, history), and from the backend's
+    // answer to the final message (delivery).
+    let calls = rig.fake.calls();
+    let mut first_call: HashMap<i64, Instant> = HashMap::new();
+    for call in &calls {
+        if let Some(chat) = call.chat_id
+            && call.at >= started
+        {
+            first_call.entry(chat).or_insert(call.at);
+        }
+    }
+    let mut to_first: Vec<f64> = first_call
+        .values()
+        .map(|at| at.duration_since(started).as_secs_f64() * 1000.0)
+        .collect();
+    to_first.sort_by(f64::total_cmp);
+    if !to_first.is_empty() {
+        println!(
+            "ai: question to the first call for its chat (intake, journal, session): median {:.0} ms, last {:.0} ms",
+            to_first[to_first.len() / 2],
+            to_first[to_first.len() - 1]
+        );
+    }
     // The pool's own share, from the daemon's histograms: time waiting for
     // a slot, and each attempt's time beyond the backend's latency
     // (connection, request, reading and parsing the stream).
