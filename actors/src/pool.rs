@@ -607,6 +607,18 @@ fn supervise(shared: Arc<Shared>, reports: mpsc::Receiver<Report>, deaths: mpsc:
             }
         }
     }
+    // No worker is left (all exited after a close, or none could be
+    // restarted): nothing would run what still waits, so its callers are
+    // answered now, with `JobError::Closed`, rather than never.
+    shared.close();
+    let abandoned = std::mem::take(&mut shared.lock().jobs);
+    if !abandoned.is_empty() {
+        log::error!(
+            "{}: no worker left; {} waiting jobs abandoned",
+            shared.config.name,
+            abandoned.len()
+        );
+    }
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
