@@ -127,6 +127,9 @@ pub struct Session {
     /// overwrite the stored figures with fresh ones.
     restored: bool,
     dirty: bool,
+    /// A save is due within [`SAVE_INTERVAL`]. Only a session with changes
+    /// has a timer: an idle one costs no more than its state.
+    save_due: bool,
     limiter: UserLimiter,
     stats_cache: Option<(Instant, String)>,
     /// Recent exchanges, loaded on the first question.
@@ -145,6 +148,7 @@ impl Session {
             conversation: Conversation::default(),
             restored: false,
             dirty: false,
+            save_due: false,
             limiter,
             stats_cache: None,
             history: None,
@@ -203,7 +207,7 @@ impl Session {
         }
         self.record.messages += 1;
         self.record.last_seen = now_millis();
-        self.dirty = true;
+        self.changed(ctx);
 
         match self.limiter.check(now) {
             Verdict::Allowed => {}
@@ -274,7 +278,7 @@ impl Session {
 
     fn start_question(&mut self, question: Question, ctx: &mut Context<Self>) {
         self.record.ai_questions += 1;
-        self.dirty = true;
+        self.changed(ctx);
         self.current = Some(Current {
             draft_id: 0,
             cancel: None,
@@ -386,6 +390,21 @@ impl Session {
         }
     }
 
+    /// Records that the state changed: it is saved within [`SAVE_INTERVAL`]
+    /// (and when the session retires).
+    fn changed(&mut self, ctx: &mut Context<Self>) {
+        self.dirty = true;
+        if !self.save_due {
+            self.save_due = true;
+            ctx.run_later(SAVE_INTERVAL, |this, ctx| {
+                this.save_due = false;
+                if let Some(save) = this.save() {
+                    ctx.spawn(save.into_actor(this));
+                }
+            });
+        }
+    }
+
     fn is_admin(&self) -> bool {
         self.deps.admins.contains(&self.chat_id)
     }
@@ -443,11 +462,11 @@ impl Session {
         });
         let update = update.clone();
         // Held mailbox: a /pdf right after the photo must find it collected.
-        ctx.wait(prepare.into_actor(self).map(move |prepared, this, _| {
+        ctx.wait(prepare.into_actor(self).map(move |prepared, this, ctx| {
             let text = match prepared {
                 Ok(Ok(_)) => {
                     this.conversation.photos.push(photo);
-                    this.dirty = true;
+                    this.changed(ctx);
                     commands::photo_added(this.conversation.photos.len())
                 }
                 Ok(Err(err)) => err.user_text(&photo.name),
@@ -482,7 +501,7 @@ impl Session {
                             exchanges: turns.into_iter().map(|t| (t.question, t.answer)).collect(),
                         };
                         this.record.reports += 1;
-                        this.dirty = true;
+                        this.changed(ctx);
                         this.submit_job(&update, spec, ctx);
                     }
                     Err(err) => {
@@ -499,7 +518,7 @@ impl Session {
             return self.reply(update, "command", commands::NO_PHOTOS);
         }
         let photos = std::mem::take(&mut self.conversation.photos);
-        self.dirty = true;
+        self.changed(ctx);
         self.submit_job(update, JobSpec::Album { photos }, ctx);
     }
 
@@ -609,11 +628,6 @@ impl Actor for Session {
                     ),
                 }),
         );
-        ctx.run_interval(SAVE_INTERVAL, |this, ctx| {
-            if let Some(save) = this.save() {
-                ctx.spawn(save.into_actor(this));
-            }
-        });
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
