@@ -15,6 +15,7 @@ use printpdf::{
 
 use super::font::{PdfError, font};
 use super::report::{RenderedPdf, save};
+use super::{PAGE_H, PAGE_W};
 
 /// One photo: upright, scaled and re-encoded as JPEG by the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,9 +28,6 @@ pub struct AlbumPage {
     pub height: u32,
 }
 
-// A4 portrait, in points.
-const PAGE_W: f32 = 595.276;
-const PAGE_H: f32 = 841.89;
 const MARGIN: f32 = 36.0;
 /// The photo sits above this line; the caption below it.
 const PHOTO_BOTTOM: f32 = 56.0;

@@ -59,33 +59,35 @@ impl JobSpec {
         }
     }
 
-    fn report_request(&self) -> Option<ReportRequest> {
+    /// Pages it will roughly have: the priority's measure of length.
+    fn pages(&self) -> usize {
         match self {
             JobSpec::Report {
                 user_name,
                 generated_at,
                 exchanges,
-            } => Some(ReportRequest {
-                user_name: user_name.clone(),
-                generated_at: generated_at.clone(),
-                exchanges: exchanges
-                    .iter()
-                    .map(|(question, answer)| Exchange {
-                        question: question.clone(),
-                        answer: answer.clone(),
-                    })
-                    .collect(),
-            }),
-            JobSpec::Album { .. } => None,
-        }
-    }
-
-    /// Pages it will roughly have: the priority's measure of length.
-    fn pages(&self) -> usize {
-        match self {
-            JobSpec::Report { .. } => self.report_request().map_or(1, |r| estimate_pages(&r)),
+            } => estimate_pages(&report_request(user_name, generated_at, exchanges)),
             JobSpec::Album { photos } => photos.len(),
         }
+    }
+}
+
+/// The layout's input for a report job.
+fn report_request(
+    user_name: &str,
+    generated_at: &str,
+    exchanges: &[(String, String)],
+) -> ReportRequest {
+    ReportRequest {
+        user_name: user_name.to_string(),
+        generated_at: generated_at.to_string(),
+        exchanges: exchanges
+            .iter()
+            .map(|(question, answer)| Exchange {
+                question: question.clone(),
+                answer: answer.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -545,8 +547,12 @@ async fn submit(
 ) -> Result<JobHandle<RenderedPdf, PdfError>, Prepared> {
     let priority = u8::try_from(row.priority).unwrap_or(100);
     let submitted = match spec {
-        JobSpec::Report { .. } => {
-            let request = spec.report_request().ok_or(Prepared::Busy)?;
+        JobSpec::Report {
+            user_name,
+            generated_at,
+            exchanges,
+        } => {
+            let request = report_request(user_name, generated_at, exchanges);
             let limits = shared.limits;
             let faults = shared.clone();
             shared.pool.submit(priority, move || {

@@ -10,3 +10,7 @@ pub mod jobs;
 pub mod report;
 
 pub use font::PdfError;
+
+/// A4 portrait, in points: the page of every document.
+const PAGE_W: f32 = 595.276;
+const PAGE_H: f32 = 841.89;

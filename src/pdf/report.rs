@@ -14,6 +14,7 @@ use printpdf::{
 };
 
 use super::font::{Font, PdfError, font};
+use super::{PAGE_H, PAGE_W};
 
 /// What to render.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,9 +48,6 @@ pub struct RenderedPdf {
     pub truncated: bool,
 }
 
-// A4 portrait, in points.
-const PAGE_W: f32 = 595.276;
-const PAGE_H: f32 = 841.89;
 const MARGIN_X: f32 = 56.693;
 const MARGIN_TOP: f32 = 56.693;
 /// Leaves room under the text for the footer.
