@@ -5,11 +5,12 @@
 //! compiled for each backend by [`with_conn!`], so the two cannot drift.
 //!
 //! Every database call blocks, so every public operation here is `async` and
-//! runs on Tokio's blocking threads: an actor awaiting one never stalls its
-//! event loop. Errors never carry the database password.
+//! runs on the storage's own threads, one per pooled connection: an actor
+//! awaiting one never stalls its event loop. Errors never carry the database password.
 
 mod models;
 mod schema;
+mod threads;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -104,6 +105,7 @@ pub struct PoolState {
 #[derive(Clone)]
 pub struct Storage {
     pools: Arc<Pools>,
+    threads: Arc<threads::DbThreads>,
     description: Arc<str>,
 }
 
@@ -219,6 +221,8 @@ impl Storage {
         };
         Ok(Storage {
             pools: Arc::new(pools),
+            // A thread per connection: more would only wait for one.
+            threads: Arc::new(threads::DbThreads::new(max as usize)),
             description: format!("{description}, pool {min}..{max}").into(),
         })
     }
@@ -265,9 +269,15 @@ impl Storage {
         F: FnOnce(&Pools) -> Result<T, StorageError> + Send + 'static,
     {
         let pools = Arc::clone(&self.pools);
-        tokio::task::spawn_blocking(move || work(&pools))
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.threads
+            .run(Box::new(move || {
+                let _ = answer.send(work(&pools));
+            }))
+            .map_err(|e| StorageError::Task(e.to_string()))?;
+        answered
             .await
-            .map_err(|e| StorageError::Task(e.to_string()))?
+            .map_err(|_| StorageError::Task("the database call panicked".into()))?
     }
 
     /// A round trip to the database.

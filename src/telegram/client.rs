@@ -24,13 +24,29 @@ use frankenstein::methods::{
     GetUpdatesParams, SendChatActionParams, SendMessageDraftParams, SendMessageParams,
     SetMyCommandsParams, SetWebhookParams,
 };
-use frankenstein::response::{MessageOrBool, ResponseParameters};
-use frankenstein::types::{File, Message, User};
-use serde::Serialize;
+use frankenstein::response::ResponseParameters;
+use frankenstein::types::{File, User};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::error::TelegramError;
 use crate::config::{Config, Secret};
+
+/// What the bot keeps of a message it sent. Telegram answers with the
+/// whole `Message`; only its id is ever used (edits refer to it), and
+/// reading just that skips building the rest on every reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Sent {
+    pub message_id: i32,
+}
+
+/// editMessageText answers with the message, or `true` for inline messages.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum SentOrBool {
+    Sent(Sent),
+    Bool(bool),
+}
 
 /// The placeholder that replaces the token in anything printed.
 const TOKEN_PLACEHOLDER: &str = "<token>";
@@ -302,7 +318,7 @@ impl BotApi {
         self.call("setMyCommands", params).await
     }
 
-    pub async fn send_message(&self, params: &SendMessageParams) -> Result<Message, TelegramError> {
+    pub async fn send_message(&self, params: &SendMessageParams) -> Result<Sent, TelegramError> {
         self.call("sendMessage", params).await
     }
 
@@ -316,7 +332,7 @@ impl BotApi {
     pub async fn edit_message_text(
         &self,
         params: &EditMessageTextParams,
-    ) -> Result<MessageOrBool, TelegramError> {
+    ) -> Result<SentOrBool, TelegramError> {
         self.call("editMessageText", params).await
     }
 

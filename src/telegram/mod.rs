@@ -16,9 +16,9 @@ use actix::Addr;
 pub use frankenstein::methods as params;
 use frankenstein::methods::{SendChatActionParams, SendMessageParams};
 pub use frankenstein::types;
-use frankenstein::types::{ChatAction, ChatId, Message};
+use frankenstein::types::{ChatAction, ChatId};
 
-pub use client::{BotApi, Endpoint, Upload};
+pub use client::{BotApi, Endpoint, Sent, SentOrBool, Upload};
 pub use error::TelegramError;
 pub use outbox::{Deliver, Delivered, Outbox, Post, Request};
 
@@ -79,7 +79,7 @@ impl Telegram {
     pub async fn send_message(
         &self,
         params: SendMessageParams,
-    ) -> Result<Vec<Message>, TelegramError> {
+    ) -> Result<Vec<Sent>, TelegramError> {
         let chat_id = chat_id_of(&params.chat_id);
         let parts = split::split_text(&params.text, split::MESSAGE_LIMIT);
         if parts.is_empty() {
@@ -94,7 +94,7 @@ impl Telegram {
         Ok(delivered
             .into_iter()
             .filter_map(|d| match d {
-                Delivered::Message(m) => Some(*m),
+                Delivered::Message(m) => Some(m),
                 Delivered::Done => None,
             })
             .collect())
@@ -105,7 +105,7 @@ impl Telegram {
         &self,
         chat_id: i64,
         text: impl Into<String>,
-    ) -> Result<Vec<Message>, TelegramError> {
+    ) -> Result<Vec<Sent>, TelegramError> {
         let params = SendMessageParams::builder()
             .chat_id(chat_id)
             .text(text.into())

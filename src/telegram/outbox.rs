@@ -28,13 +28,13 @@ use frankenstein::methods::{
     EditMessageTextParams, SendChatActionParams, SendDocumentParams, SendMessageDraftParams,
     SendMessageParams, SendPhotoParams,
 };
-use frankenstein::response::MessageOrBool;
-use frankenstein::types::{ChatId, Message};
+
+use frankenstein::types::ChatId;
 use rand::Rng;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::client::{BotApi, Endpoint, Upload};
+use super::client::{BotApi, Endpoint, Sent, SentOrBool, Upload};
 use super::error::TelegramError;
 use crate::bucket::Bucket;
 use crate::config::Config;
@@ -81,23 +81,22 @@ impl Request {
     }
 
     async fn perform(self, api: BotApi) -> Result<Delivered, TelegramError> {
-        let message = |m: Message| Delivered::Message(Box::new(m));
         match self {
-            Request::Message(p) => api.send_message(&p).await.map(message),
+            Request::Message(p) => api.send_message(&p).await.map(Delivered::Message),
             Request::Edit(p) => match api.edit_message_text(&p).await? {
-                MessageOrBool::Message(m) => Ok(Delivered::Message(m)),
-                MessageOrBool::Bool(_) => Ok(Delivered::Done),
+                SentOrBool::Sent(m) => Ok(Delivered::Message(m)),
+                SentOrBool::Bool(_) => Ok(Delivered::Done),
             },
             Request::ChatAction(p) => api.send_chat_action(&p).await.map(|_| Delivered::Done),
             Request::Draft(p) => api.send_message_draft(&p).await.map(|_| Delivered::Done),
             Request::Document(p, upload) => api
                 .call_multipart("sendDocument", &*p, "document", upload)
                 .await
-                .map(message),
+                .map(Delivered::Message),
             Request::Photo(p, upload) => api
                 .call_multipart("sendPhoto", &*p, "photo", upload)
                 .await
-                .map(message),
+                .map(Delivered::Message),
         }
     }
 }
@@ -105,14 +104,14 @@ impl Request {
 /// What Telegram gave back for a delivered request.
 #[derive(Debug, Clone)]
 pub enum Delivered {
-    Message(Box<Message>),
+    Message(Sent),
     Done,
 }
 
 impl Delivered {
-    pub fn message(&self) -> Option<&Message> {
+    pub fn message(&self) -> Option<Sent> {
         match self {
-            Delivered::Message(m) => Some(m),
+            Delivered::Message(m) => Some(*m),
             Delivered::Done => None,
         }
     }

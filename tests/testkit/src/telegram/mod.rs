@@ -146,6 +146,27 @@ impl FakeTelegram {
         self.inject_group_text(user, user, text)
     }
 
+    /// Private text messages, queued at once: one lock and one wake-up for
+    /// the whole batch, the updates built outside the lock.
+    pub fn inject_texts<'a>(&self, messages: impl IntoIterator<Item = (i64, &'a str)>) {
+        let messages: Vec<_> = messages.into_iter().collect();
+        let first_id = self.state().update(|s| {
+            let first = s.next_message_id;
+            s.next_message_id += messages.len() as i64;
+            first
+        });
+        let updates: Vec<_> = messages
+            .iter()
+            .zip(first_id..)
+            .map(|((user, text), message_id)| updates::text_message(*user, *user, message_id, text))
+            .collect();
+        self.state().update(|s| {
+            for update in updates {
+                s.push_update(update);
+            }
+        });
+    }
+
     /// A text message from `user` in chat `chat_id` (negative for groups).
     pub fn inject_group_text(&self, chat_id: i64, user: i64, text: &str) -> i64 {
         self.state().update(|s| {
@@ -299,12 +320,21 @@ impl FakeTelegram {
         n: usize,
         timeout: Duration,
     ) -> Result<(), WaitTimeout> {
-        self.state()
-            .until(format!("{n} messages in all"), timeout, |s| {
-                s.messages.len() >= n
-            })
-            .await
-            .map_err(|e| self.explain(e))
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.state().update(|s| {
+            if s.messages.len() >= n {
+                let _ = tx.send(());
+            } else {
+                s.total_waiters.push((n, tx));
+            }
+        });
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(self.explain(WaitTimeout {
+                what: format!("{n} messages in all"),
+                after: timeout,
+            })),
+        }
     }
 
     /// Waits until the bot has sent at least `n` messages to `chat_id`.

@@ -359,7 +359,7 @@ fn new_message(
         at,
     };
     s.next_message_id += 1;
-    s.messages.push(message.clone());
+    s.record_message(message.clone());
     message
 }
 
@@ -432,43 +432,10 @@ fn set_webhook(s: &mut FakeState, params: &Params) -> ApiResult {
         max_connections,
         allowed_updates: string_list(params, "allowed_updates"),
     });
+    if params.contains_key("allowed_updates") {
+        s.allowed_updates = string_list(params, "allowed_updates");
+    }
     Ok(Value::Bool(true))
-}
-
-/// Update kinds the Bot API knows; an unknown kind (injected by a test to
-/// stand for a future API version) is never filtered out.
-const KNOWN_KINDS: &[&str] = &[
-    "message",
-    "edited_message",
-    "channel_post",
-    "edited_channel_post",
-    "business_connection",
-    "business_message",
-    "edited_business_message",
-    "deleted_business_messages",
-    "message_reaction",
-    "message_reaction_count",
-    "inline_query",
-    "chosen_inline_result",
-    "callback_query",
-    "shipping_query",
-    "pre_checkout_query",
-    "purchased_paid_media",
-    "poll",
-    "poll_answer",
-    "my_chat_member",
-    "chat_member",
-    "chat_join_request",
-    "chat_boost",
-    "removed_chat_boost",
-];
-
-fn update_kind(update: &Value) -> Option<&str> {
-    update
-        .as_object()?
-        .keys()
-        .map(String::as_str)
-        .find(|k| *k != "update_id")
 }
 
 /// Long-polled getUpdates with Telegram's semantics: `offset` confirms
@@ -477,7 +444,10 @@ async fn get_updates(shared: &Shared, params: &Params) -> ApiResult {
     let offset = int(params, "offset").unwrap_or(0);
     let limit = int(params, "limit").unwrap_or(100).clamp(1, 100) as usize;
     let timeout = int(params, "timeout").unwrap_or(0).max(0) as u64;
-    let allowed = string_list(params, "allowed_updates");
+    // Kept for later updates; an absent parameter keeps the last setting.
+    let allowed = params
+        .contains_key("allowed_updates")
+        .then(|| string_list(params, "allowed_updates"));
     let generation = shared.state.update(|s| {
         if s.webhook.is_some() {
             return Err(ApiError::new(
@@ -496,12 +466,8 @@ async fn get_updates(shared: &Shared, params: &Params) -> ApiResult {
                 s.queue.pop_front();
             }
         }
-        if !allowed.is_empty() {
-            s.queue.retain(|(_, update)| {
-                update_kind(update).is_none_or(|kind| {
-                    !KNOWN_KINDS.contains(&kind) || allowed.iter().any(|a| a == kind)
-                })
-            });
+        if let Some(allowed) = allowed {
+            s.allowed_updates = allowed;
         }
         s.poll_generation += 1;
         Ok(s.poll_generation)

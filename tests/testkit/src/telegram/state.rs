@@ -180,6 +180,14 @@ pub struct FakeState {
     pub(crate) flood: Option<Flood>,
     pub(crate) rejected_429: usize,
     pub(crate) record_calls: bool,
+    /// The last `allowed_updates` the bot set (getUpdates or setWebhook).
+    /// As in Telegram, it filters updates created after it was set; those
+    /// already queued stay.
+    pub(crate) allowed_updates: Vec<String>,
+    /// Waiters for a total number of messages, woken only when it is
+    /// reached: a load test waiting for 100,000 replies is not woken by
+    /// each of them.
+    pub(crate) total_waiters: Vec<(usize, tokio::sync::oneshot::Sender<()>)>,
 }
 
 impl FakeState {
@@ -204,6 +212,8 @@ impl FakeState {
             flood: flood_limits.map(Flood::new),
             rejected_429: 0,
             record_calls,
+            allowed_updates: Vec::new(),
+            total_waiters: Vec::new(),
         }
     }
 
@@ -258,14 +268,43 @@ impl FakeState {
         self.rejected_429
     }
 
+    /// Records a message the bot sent and wakes the waiters whose total it
+    /// reaches.
+    pub(crate) fn record_message(&mut self, message: SentMessage) {
+        self.messages.push(message);
+        let total = self.messages.len();
+        if self.total_waiters.iter().any(|(n, _)| *n <= total) {
+            let (due, waiting) = std::mem::take(&mut self.total_waiters)
+                .into_iter()
+                .partition(|(n, _)| *n <= total);
+            self.total_waiters = waiting;
+            for (_, waiter) in due {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    /// Queues an update unless the bot's `allowed_updates` excludes its
+    /// kind; returns its update_id either way.
     pub(crate) fn push_update(&mut self, mut update: Value) -> i64 {
         let id = self.next_update_id;
         self.next_update_id += 1;
         if let Some(object) = update.as_object_mut() {
             object.insert("update_id".into(), Value::from(id));
         }
-        self.queue.push_back((id, update));
+        if self.admits(&update) {
+            self.queue.push_back((id, update));
+        }
         id
+    }
+
+    fn admits(&self, update: &Value) -> bool {
+        if self.allowed_updates.is_empty() {
+            return true;
+        }
+        update_kind(update).is_none_or(|kind| {
+            !KNOWN_KINDS.contains(&kind) || self.allowed_updates.iter().any(|a| a == kind)
+        })
     }
 
     /// Takes the scripted failure for this call, if one matches.
@@ -394,6 +433,42 @@ impl Bucket {
     fn take(&mut self) {
         self.tokens -= 1.0;
     }
+}
+
+/// Update kinds the Bot API knows; an unknown kind (injected by a test to
+/// stand for a future API version) is never filtered out.
+const KNOWN_KINDS: &[&str] = &[
+    "message",
+    "edited_message",
+    "channel_post",
+    "edited_channel_post",
+    "business_connection",
+    "business_message",
+    "edited_business_message",
+    "deleted_business_messages",
+    "message_reaction",
+    "message_reaction_count",
+    "inline_query",
+    "chosen_inline_result",
+    "callback_query",
+    "shipping_query",
+    "pre_checkout_query",
+    "purchased_paid_media",
+    "poll",
+    "poll_answer",
+    "my_chat_member",
+    "chat_member",
+    "chat_join_request",
+    "chat_boost",
+    "removed_chat_boost",
+];
+
+fn update_kind(update: &Value) -> Option<&str> {
+    update
+        .as_object()?
+        .keys()
+        .map(String::as_str)
+        .find(|k| *k != "update_id")
 }
 
 #[cfg(test)]
