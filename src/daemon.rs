@@ -38,7 +38,7 @@ use crate::pdf::jobs::{PdfJobs, ResumeJobs, StopJobs};
 use crate::router::{Replay, Router, Sessions, StopIntake};
 use crate::session::{AdminDeps, Documents, Session, SessionDeps};
 use crate::storage::Storage;
-use crate::telegram::outbox::{GetStats, Limits, Outbox};
+use crate::telegram::outbox::{GlobalLimit, Limits, Outbox};
 use crate::telegram::params::{DeleteWebhookParams, SetMyCommandsParams, SetWebhookParams};
 use crate::telegram::update::RawUpdate;
 use crate::telegram::{BotApi, Endpoint, Telegram, TelegramError};
@@ -70,8 +70,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         log::warn!("could not register the command list: {err}");
     }
 
-    let outbox = Outbox::new(endpoint.clone(), Limits::from_config(&config)).start();
-    let telegram = Telegram::new(outbox.clone());
+    // Sessions run on these arbiters, each with an outbox shard beside
+    // them: a session's replies reach the outbox without crossing threads.
+    let arbiters: Vec<Arbiter> = (0..config.user_arbiters())
+        .map(|_| Arbiter::new())
+        .collect();
+    let limits = Limits::from_config(&config);
+    let global = GlobalLimit::new(&limits);
+    let shard_limits = limits.per_shard(arbiters.len());
+    let shards: Vec<Addr<Outbox>> = arbiters
+        .iter()
+        .map(|arbiter| {
+            let (endpoint, limits, global) =
+                (endpoint.clone(), shard_limits.clone(), global.clone());
+            Outbox::start_in_arbiter(&arbiter.handle(), move |_| {
+                Outbox::shard(endpoint, limits, global)
+            })
+        })
+        .collect();
+    let telegram = Telegram::sharded(shards.clone());
     // The journal has a thread of its own: done marks are written as soon as
     // replies are delivered, not after the outbox's next turn.
     let journal_arbiter = Arbiter::new();
@@ -140,9 +157,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         admins: config.admin_ids.clone(),
         admin: admin.clone(),
     });
-    let arbiters: Vec<Arbiter> = (0..config.user_arbiters())
-        .map(|_| Arbiter::new())
-        .collect();
     let registry_config = RegistryConfig {
         mailbox_capacity: config.user_mailbox_capacity,
         ..RegistryConfig::new(config.user_state_timeout(), config.max_user_states)
@@ -171,11 +185,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let observed = http::Observed {
-        outbox: outbox.clone(),
+        telegram: telegram.clone(),
         actors: vec![
             ("router", router.clone().recipient()),
             ("journal", journal.clone().recipient()),
-            ("outbox", outbox.clone().recipient()),
             ("ai", ai_pool.clone().recipient()),
             ("pdf", pdf.clone().recipient()),
             ("images", images.clone().recipient()),
@@ -286,7 +299,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         log::warn!("shutdown deadline reached while PDF deliveries were finishing");
     }
-    drain_outbox(&outbox, deadline).await;
+    drain_outbox(&telegram, deadline).await;
     wait_for_replies(&replies_in_flight, deadline).await;
     if tokio::time::timeout_at(deadline.into(), journal.send(Flush))
         .await
@@ -424,21 +437,21 @@ async fn authorize(api: &BotApi) -> anyhow::Result<crate::telegram::types::User>
 }
 
 /// Waits until the outbox has sent everything or the deadline passes.
-async fn drain_outbox(outbox: &Addr<Outbox>, deadline: Instant) {
+async fn drain_outbox(telegram: &Telegram, deadline: Instant) {
     loop {
-        match outbox.send(GetStats).await {
-            Ok(stats) if stats.queued == 0 && stats.in_flight == 0 => return,
-            Ok(stats) if Instant::now() >= deadline => {
-                log::warn!(
-                    "shutdown deadline reached with {} sends queued and {} in flight",
-                    stats.queued,
-                    stats.in_flight
-                );
-                return;
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(_) => return,
+        let stats = telegram.stats().await;
+        if stats.queued == 0 && stats.in_flight == 0 {
+            return;
         }
+        if Instant::now() >= deadline {
+            log::warn!(
+                "shutdown deadline reached with {} sends queued and {} in flight",
+                stats.queued,
+                stats.in_flight
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

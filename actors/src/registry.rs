@@ -65,6 +65,19 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::probe::{Health, ProbeReport};
 
+/// The arbiter, of `arbiters`, that the child for `key` runs on.
+///
+/// Stable for a key within and across runs, so an owner can start helpers
+/// for a key's child on the same arbiter (a per-arbiter cache or sender that
+/// the child then reaches without crossing threads).
+pub fn placement<K: Hash + ?Sized>(key: &K, arbiters: usize) -> usize {
+    use std::hash::{DefaultHasher, Hasher};
+    // `DefaultHasher::new` has fixed keys, unlike a `RandomState`.
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() % arbiters.max(1) as u64) as usize
+}
+
 /// Why a child is being retired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -252,7 +265,6 @@ struct Shared<K, A: Actor> {
 struct State<K, A: Actor> {
     entries: HashMap<K, Entry<A>>,
     activity: Activity<K>,
-    next_arbiter: usize,
     closed: bool,
     stats: RegistryStats,
 }
@@ -279,7 +291,8 @@ where
     A: Child,
 {
     /// Creates a registry whose children are made by `factory` on one of
-    /// `arbiters` in turn (the current arbiter if the list is empty), and
+    /// `arbiters` (the current arbiter if the list is empty), each key always
+    /// on the same one (see [`placement`]), and
     /// starts its idle sweep.
     ///
     /// The factory runs on the child's arbiter. A child that restores state
@@ -304,7 +317,6 @@ where
                     order: BTreeMap::new(),
                     next_tick: 0,
                 },
-                next_arbiter: 0,
                 closed: false,
                 stats: RegistryStats {
                     max_children: config.max_children,
@@ -597,15 +609,14 @@ where
         }
     }
 
-    /// Starts a child on the next arbiter. The actix channel is created
+    /// Starts a child on its key's arbiter. The actix channel is created
     /// unbounded: capacity is enforced by the entry's semaphore instead, so
     /// that no send ever parks.
     fn start_child(&self, state: &mut State<K, A>, key: &K) -> Addr<A> {
         let (tx, rx) = channel::channel(0);
         let factory = Arc::clone(&self.factory);
         let child_key = key.clone();
-        let arbiter = &self.arbiters[state.next_arbiter % self.arbiters.len()];
-        state.next_arbiter = state.next_arbiter.wrapping_add(1);
+        let arbiter = &self.arbiters[placement(key, self.arbiters.len())];
         let started = arbiter.spawn_fn(move || {
             let ctx = Context::with_receiver(rx);
             let actor = factory(&child_key);
@@ -742,6 +753,19 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placement_is_stable_and_spreads_keys() {
+        let mut counts = [0usize; 4];
+        for key in 0..4_000i64 {
+            let at = placement(&key, 4);
+            assert_eq!(at, placement(&key, 4));
+            counts[at] += 1;
+        }
+        assert!(counts.iter().all(|&n| n > 800), "{counts:?}");
+        assert_eq!(placement(&42i64, 1), 0);
+        assert_eq!(placement(&42i64, 0), 0);
+    }
     use tokio::sync::{mpsc, oneshot};
 
     #[derive(Debug, Clone, PartialEq, Eq)]

@@ -85,6 +85,9 @@ pub struct HealthChecker {
     book: AlertBook,
     checking: bool,
     rounds: u64,
+    /// Asked for the status before the first round had its answers: they
+    /// get it when it has, rather than a status without dependencies.
+    first_round: Vec<tokio::sync::oneshot::Sender<Status>>,
 }
 
 impl HealthChecker {
@@ -118,6 +121,7 @@ impl HealthChecker {
             book: AlertBook::new(Config::secs(config.alert_quiet_period)),
             checking: false,
             rounds: 0,
+            first_round: Vec::new(),
         }
     }
 
@@ -212,6 +216,9 @@ impl HealthChecker {
                     }
                 }
                 this.record(&reports, now);
+                for waiter in std::mem::take(&mut this.first_round) {
+                    let _ = waiter.send(this.status());
+                }
             }),
         );
     }
@@ -340,10 +347,16 @@ impl Actor for HealthChecker {
 }
 
 impl Handler<GetStatus> for HealthChecker {
-    type Result = MessageResult<GetStatus>;
+    type Result = ResponseFuture<Status>;
 
     fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.status())
+        let now = self.status();
+        if self.rounds > 0 {
+            return Box::pin(std::future::ready(now));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.first_round.push(tx);
+        Box::pin(async move { rx.await.unwrap_or(now) })
     }
 }
 

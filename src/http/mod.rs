@@ -18,9 +18,9 @@ pub mod ops;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix::{Addr, Recipient};
+use actix::Recipient;
 use actix_web::{App, HttpResponse, HttpServer, dev::Server, web};
-use actorbot_actors::probe::{Health, Probe, ProbeReport, probe_all};
+use actorbot_actors::probe::{Health, MailboxFigures, Probe, ProbeReport, probe_all};
 use serde_json::json;
 
 use crate::cache::Cache;
@@ -30,7 +30,7 @@ use crate::intake::webhook::{self, WebhookState};
 use crate::metrics;
 use crate::router::Sessions;
 use crate::storage::Storage;
-use crate::telegram::outbox::{GetStats, Outbox};
+use crate::telegram::Telegram;
 
 /// How long a probed actor may take to answer before it counts as unhealthy.
 pub const PROBE_DEADLINE: Duration = Duration::from_secs(1);
@@ -39,7 +39,8 @@ const DB_DEADLINE: Duration = Duration::from_secs(2);
 /// What the operator endpoints read from.
 #[derive(Clone)]
 pub struct Observed {
-    pub outbox: Addr<Outbox>,
+    /// The outbox's shards, probed as one node with a child each.
+    pub telegram: Telegram,
     /// Top-level actors by name, in the order they are shown.
     pub actors: Vec<(&'static str, Recipient<Probe>)>,
     /// The intake actor, once it runs (the webhook has none).
@@ -61,6 +62,20 @@ impl Observed {
         }
         targets.extend(self.actors.iter().map(|(n, r)| (n.to_string(), r.clone())));
         let mut reports = probe_all(targets, PROBE_DEADLINE).await;
+        let shards: Vec<(String, Recipient<Probe>)> = self
+            .telegram
+            .shards()
+            .iter()
+            .enumerate()
+            .map(|(i, shard)| (format!("outbox shard {i}"), shard.clone().recipient()))
+            .collect();
+        let outbox = outbox_node(probe_all(shards, PROBE_DEADLINE).await);
+        // Shown where the outbox stands in the pipeline: after the journal.
+        let at = reports
+            .iter()
+            .position(|r| r.name == "journal")
+            .map_or(reports.len(), |i| i + 1);
+        reports.insert(at, outbox);
         let sessions = self.sessions.report("sessions");
         let router = reports.iter_mut().find(|r| r.name == "router");
         match router {
@@ -182,6 +197,30 @@ pub fn server(
     Ok(server)
 }
 
+/// One node for the outbox, its shards as children: figures summed, health
+/// the worst of them.
+fn outbox_node(shards: Vec<ProbeReport>) -> ProbeReport {
+    let mut node = ProbeReport::new("outbox", worst(&shards)).detail("shards", shards.len());
+    for shard in &shards {
+        node.handled += shard.handled;
+        node.restarts += shard.restarts;
+        node.idle_ms = match (node.idle_ms, shard.idle_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(mailbox) = shard.mailbox {
+            let total = node.mailbox.get_or_insert(MailboxFigures {
+                depth: 0,
+                capacity: 0,
+            });
+            total.depth += mailbox.depth;
+            total.capacity += mailbox.capacity;
+        }
+    }
+    node.children = shards;
+    node
+}
+
 fn worst<'a>(reports: impl IntoIterator<Item = &'a ProbeReport>) -> Health {
     reports.into_iter().fold(Health::Healthy, |acc, report| {
         let children = worst(&report.children);
@@ -237,11 +276,10 @@ async fn actors(observed: web::Data<Observed>) -> HttpResponse {
 }
 
 async fn metrics_text(observed: web::Data<Observed>) -> HttpResponse {
-    if let Ok(stats) = observed.outbox.send(GetStats).await {
-        metrics::QUEUE_DEPTH
-            .with_label_values(&["outbox"])
-            .set(stats.queued as i64);
-    }
+    let stats = observed.telegram.stats().await;
+    metrics::QUEUE_DEPTH
+        .with_label_values(&["outbox"])
+        .set(stats.queued as i64);
     let sessions = observed.sessions.stats();
     metrics::QUEUE_DEPTH
         .with_label_values(&["sessions"])

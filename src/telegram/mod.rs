@@ -12,7 +12,10 @@ pub mod outbox;
 pub mod split;
 pub mod update;
 
+use std::sync::Arc;
+
 use actix::Addr;
+use actorbot_actors::registry::placement;
 pub use frankenstein::methods as params;
 use frankenstein::methods::{SendChatActionParams, SendMessageParams};
 pub use frankenstein::types;
@@ -20,21 +23,55 @@ use frankenstein::types::{ChatAction, ChatId};
 
 pub use client::{BotApi, Endpoint, Sent, SentOrBool, Upload};
 pub use error::TelegramError;
-pub use outbox::{Deliver, Delivered, Outbox, Post, Request};
+pub use outbox::{Deliver, Delivered, Outbox, OutboxStats, Post, Request};
 
 /// The handle every part of the bot sends through: all sends pass the outbox.
+///
+/// With several outbox shards, a chat's sends go to the shard at the chat's
+/// [`placement`]: the same arbiter index its session has, so when shard `i`
+/// runs on session arbiter `i`, a session's replies never leave its thread.
 #[derive(Clone)]
 pub struct Telegram {
-    outbox: Addr<Outbox>,
+    shards: Arc<[Addr<Outbox>]>,
 }
 
 impl Telegram {
+    /// A handle over one outbox.
     pub fn new(outbox: Addr<Outbox>) -> Telegram {
-        Telegram { outbox }
+        Telegram::sharded(vec![outbox])
     }
 
-    pub fn outbox(&self) -> &Addr<Outbox> {
-        &self.outbox
+    /// A handle over outbox shards, in the order of the arbiters they run on.
+    ///
+    /// # Panics
+    ///
+    /// With no shard.
+    pub fn sharded(shards: Vec<Addr<Outbox>>) -> Telegram {
+        assert!(!shards.is_empty(), "the outbox needs at least one shard");
+        Telegram {
+            shards: shards.into(),
+        }
+    }
+
+    /// Every shard, for figures and for draining at shutdown.
+    pub fn shards(&self) -> &[Addr<Outbox>] {
+        &self.shards
+    }
+
+    fn outbox(&self, chat_id: i64) -> &Addr<Outbox> {
+        &self.shards[placement(&chat_id, self.shards.len())]
+    }
+
+    /// The outbox's figures, summed over its shards (a shard that does not
+    /// answer counts as empty).
+    pub async fn stats(&self) -> OutboxStats {
+        let mut total = OutboxStats::default();
+        for shard in self.shards.iter() {
+            if let Ok(stats) = shard.send(outbox::GetStats).await {
+                total.add(&stats);
+            }
+        }
+        total
     }
 
     /// Queues requests for one chat, in order, and waits until they are delivered.
@@ -43,7 +80,7 @@ impl Telegram {
         chat_id: i64,
         requests: Vec<Request>,
     ) -> Result<Vec<Delivered>, TelegramError> {
-        self.outbox
+        self.outbox(chat_id)
             .send(Deliver { chat_id, requests })
             .await
             .map_err(|err| TelegramError::Refused {
@@ -62,7 +99,7 @@ impl Telegram {
         requests: Vec<Request>,
     ) -> impl Future<Output = Result<Vec<Delivered>, TelegramError>> + use<> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.outbox.do_send(Post {
+        self.outbox(chat_id).do_send(Post {
             chat_id,
             requests,
             reply,

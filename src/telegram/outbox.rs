@@ -17,9 +17,17 @@
 //! pauses. Network errors and 5xx answers are retried with jittered backoff
 //! up to `telegram_send_attempts`; other errors go back to the caller. Nothing
 //! is dropped silently: every request ends in exactly one answer.
+//!
+//! The outbox may run as several shards, one on each arbiter that runs
+//! sessions: a chat's lane lives in the shard on its session's arbiter (see
+//! [`crate::telegram::Telegram`]), so a reply goes from session to outbox
+//! and back without crossing threads, and the HTTP work is spread over the
+//! cores. What is bot-wide (the global rate and the global pause) is a
+//! [`GlobalLimit`] the shards share.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -143,6 +151,20 @@ pub struct OutboxStats {
     pub global_pauses: u64,
 }
 
+impl OutboxStats {
+    /// Adds another shard's figures.
+    pub fn add(&mut self, other: &OutboxStats) {
+        self.queued += other.queued;
+        self.in_flight += other.in_flight;
+        self.lanes += other.lanes;
+        self.delivered += other.delivered;
+        self.failed += other.failed;
+        self.retried += other.retried;
+        self.flood_waits += other.flood_waits;
+        self.global_pauses += other.global_pauses;
+    }
+}
+
 /// The throttle's limits, from the configuration.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -158,6 +180,18 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// A shard's part of limits that are split among `shards`: connections
+    /// in flight and queued sends. The rates are per chat or shared through
+    /// [`GlobalLimit`], so they stay.
+    pub fn per_shard(&self, shards: usize) -> Limits {
+        let shards = shards.max(1);
+        Limits {
+            max_in_flight: self.max_in_flight.div_ceil(shards).max(1),
+            capacity: self.capacity.div_ceil(shards).max(1),
+            ..self.clone()
+        }
+    }
+
     pub fn from_config(config: &Config) -> Limits {
         Limits {
             global_rate: config.telegram_global_rate,
@@ -233,6 +267,90 @@ struct Lane {
     scheduled: bool,
 }
 
+/// The limits every shard of the outbox shares: the bot-wide rate, and the
+/// pause that several chats told to wait at once impose on every send.
+pub struct GlobalLimit {
+    state: Mutex<GlobalState>,
+}
+
+struct GlobalState {
+    bucket: Bucket,
+    paused_until: Option<Instant>,
+    recent_floods: VecDeque<(Instant, i64)>,
+}
+
+impl GlobalLimit {
+    pub fn new(limits: &Limits) -> Arc<GlobalLimit> {
+        Arc::new(GlobalLimit {
+            state: Mutex::new(GlobalState {
+                bucket: Bucket::new(limits.global_rate, limits.global_burst, Instant::now()),
+                paused_until: None,
+                recent_floods: VecDeque::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GlobalState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Until when every send waits, if a global pause is on.
+    fn paused_until(&self, now: Instant) -> Option<Instant> {
+        let mut state = self.lock();
+        match state.paused_until {
+            Some(until) if until > now => Some(until),
+            Some(_) => {
+                state.paused_until = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Spends a token of the global rate, or says when one will be there.
+    fn take(&self, now: Instant) -> Result<(), Instant> {
+        let mut state = self.lock();
+        let at = state.bucket.ready_at(now);
+        if at > now {
+            return Err(at);
+        }
+        state.bucket.take(now);
+        Ok(())
+    }
+
+    /// Records a 429 for `chat_id`; several chats at once mean the bot as a
+    /// whole is over, and everything pauses for `wait`. Returns whether this
+    /// one started or lengthened such a pause.
+    fn note_flood(&self, chat_id: i64, now: Instant, wait: Duration) -> bool {
+        let mut state = self.lock();
+        while state
+            .recent_floods
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > FLOOD_WINDOW)
+        {
+            state.recent_floods.pop_front();
+        }
+        state.recent_floods.push_back((now, chat_id));
+        let mut chats: Vec<i64> = state.recent_floods.iter().map(|(_, c)| *c).collect();
+        chats.sort_unstable();
+        chats.dedup();
+        if chats.len() < GLOBAL_FLOOD_CHATS {
+            return false;
+        }
+        let until = now + wait;
+        if state.paused_until.is_some_and(|t| t >= until) {
+            return false;
+        }
+        state.paused_until = Some(until);
+        log::warn!(
+            "global flood wait: {} chats told to wait, pausing all sends for {}s",
+            chats.len(),
+            wait.as_secs()
+        );
+        true
+    }
+}
+
 pub struct Outbox {
     endpoint: Endpoint,
     api: Option<BotApi>,
@@ -240,26 +358,29 @@ pub struct Outbox {
     lanes: HashMap<i64, Lane>,
     ready: VecDeque<i64>,
     waiting: BinaryHeap<Reverse<(Instant, i64)>>,
-    global: Bucket,
-    global_paused_until: Option<Instant>,
-    recent_floods: VecDeque<(Instant, i64)>,
+    global: Arc<GlobalLimit>,
     wake_at: Option<Instant>,
     stats: OutboxStats,
 }
 
 impl Outbox {
+    /// An outbox that is the only one: it keeps the global limits alone.
     pub fn new(endpoint: Endpoint, limits: Limits) -> Outbox {
-        let now = Instant::now();
+        let global = GlobalLimit::new(&limits);
+        Outbox::shard(endpoint, limits, global)
+    }
+
+    /// One shard of several, sharing `global`. `limits` are the shard's own
+    /// (see [`Limits::per_shard`]).
+    pub fn shard(endpoint: Endpoint, limits: Limits, global: Arc<GlobalLimit>) -> Outbox {
         Outbox {
             endpoint,
             api: None,
-            global: Bucket::new(limits.global_rate, limits.global_burst, now),
+            global,
             limits,
             lanes: HashMap::new(),
             ready: VecDeque::new(),
             waiting: BinaryHeap::new(),
-            global_paused_until: None,
-            recent_floods: VecDeque::new(),
             wake_at: None,
             stats: OutboxStats::default(),
         }
@@ -319,12 +440,9 @@ impl Outbox {
         }
 
         let mut next_wake = self.waiting.peek().map(|Reverse((at, _))| *at);
-        if let Some(until) = self.global_paused_until {
-            if until > now {
-                self.arm(ctx, Some(until), now);
-                return;
-            }
-            self.global_paused_until = None;
+        if let Some(until) = self.global.paused_until(now) {
+            self.arm(ctx, Some(until), now);
+            return;
         }
 
         while self.stats.in_flight < self.limits.max_in_flight {
@@ -339,13 +457,11 @@ impl Outbox {
                 .front()
                 .is_some_and(|job| job.request.is_counted());
             if counted {
-                let global_at = self.global.ready_at(now);
-                if global_at > now {
+                if let Err(global_at) = self.global.take(now) {
                     self.ready.push_front(chat_id);
                     next_wake = Some(next_wake.map_or(global_at, |t| t.min(global_at)));
                     break;
                 }
-                self.global.take(now);
                 lane.bucket.take(now);
             }
             lane.scheduled = false;
@@ -475,30 +591,11 @@ impl Outbox {
         self.pump(ctx);
     }
 
-    /// Records a 429; several chats at once mean the bot as a whole is over.
+    /// Records a 429 with the shared limits; a global pause it starts is
+    /// counted by this shard.
     fn note_flood(&mut self, chat_id: i64, now: Instant, wait: Duration) {
-        while self
-            .recent_floods
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > FLOOD_WINDOW)
-        {
-            self.recent_floods.pop_front();
-        }
-        self.recent_floods.push_back((now, chat_id));
-        let mut chats: Vec<i64> = self.recent_floods.iter().map(|(_, c)| *c).collect();
-        chats.sort_unstable();
-        chats.dedup();
-        if chats.len() >= GLOBAL_FLOOD_CHATS {
-            let until = now + wait;
-            if self.global_paused_until.is_none_or(|t| t < until) {
-                self.global_paused_until = Some(until);
-                self.stats.global_pauses += 1;
-                log::warn!(
-                    "global flood wait: {} chats told to wait, pausing all sends for {}s",
-                    chats.len(),
-                    wait.as_secs()
-                );
-            }
+        if self.global.note_flood(chat_id, now, wait) {
+            self.stats.global_pauses += 1;
         }
     }
 
@@ -636,8 +733,7 @@ impl Handler<Probe> for Outbox {
 
     fn handle(&mut self, _: Probe, _: &mut Self::Context) -> Self::Result {
         let now = Instant::now();
-        let paused = self.global_paused_until.filter(|t| *t > now);
-        let health = if let Some(until) = paused {
+        let health = if let Some(until) = self.global.paused_until(now) {
             Health::Degraded(format!(
                 "Telegram asked for a pause of {}s more",
                 until.duration_since(now).as_secs() + 1
@@ -669,6 +765,52 @@ impl Handler<Probe> for Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limits(global_rate: f64, global_burst: u32) -> Limits {
+        Limits {
+            global_rate,
+            global_burst,
+            private_rate: 1.0,
+            private_burst: 1,
+            group_rate: 1.0,
+            group_burst: 1,
+            attempts: 3,
+            max_in_flight: 10,
+            capacity: 100,
+        }
+    }
+
+    #[test]
+    fn shards_share_one_global_rate_and_pause() {
+        let global = GlobalLimit::new(&limits(1.0, 2));
+        let (a, b) = (global.clone(), global.clone());
+        let now = Instant::now();
+        assert!(a.take(now).is_ok());
+        assert!(b.take(now).is_ok());
+        // The burst of two is spent, whichever shard spent it.
+        let next = a.take(now).unwrap_err();
+        assert!(next > now && next <= now + Duration::from_secs(1));
+        assert_eq!(b.take(now), Err(next));
+
+        // Two chats told to wait are their own business; a third makes it
+        // a pause for every shard.
+        let wait = Duration::from_secs(5);
+        assert!(!a.note_flood(1, now, wait));
+        assert!(!b.note_flood(2, now, wait));
+        assert_eq!(b.paused_until(now), None);
+        assert!(a.note_flood(3, now, wait));
+        assert_eq!(b.paused_until(now), Some(now + wait));
+        assert_eq!(b.paused_until(now + wait), None);
+    }
+
+    #[test]
+    fn a_shard_gets_its_part_of_connections_and_queue() {
+        let whole = limits(30.0, 30);
+        let part = whole.per_shard(3);
+        assert_eq!((part.max_in_flight, part.capacity), (4, 34));
+        assert_eq!(part.global_rate, whole.global_rate);
+        assert_eq!(whole.per_shard(0).capacity, 100);
+    }
 
     #[test]
     fn backoff_grows_with_jitter() {
