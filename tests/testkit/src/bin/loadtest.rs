@@ -134,6 +134,11 @@ impl Rig {
             .env("TELEGRAM_PRIVATE_BURST", "100000")
             .env("RATE_LIMIT_PER_USER", "1000000")
             .env("ANTI_FLOOD_MESSAGES", "1000000")
+            // Room for every idle user of the memory run and its warm-up.
+            .env(
+                "MAX_USER_STATES",
+                (args.idle_users + 10_000).max(100_000).to_string(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if let Some(ai) = &ai {
@@ -190,6 +195,14 @@ impl Rig {
             .map_err(|e| e.to_string())?;
         let body = response.body().limit(16 << 20).await?;
         Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Resident memory (KiB) and live user actors once the daemon has
+    /// settled: the outbox forgets idle chats' lanes after a few seconds.
+    async fn memory_level(&self) -> Result<(u64, f64), Box<dyn std::error::Error>> {
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let live = metric_value(&self.metrics().await?, "actorbot_user_actors");
+        Ok((self.rss_kib(), live))
     }
 
     fn rss_kib(&self) -> u64 {
@@ -324,23 +337,34 @@ async fn memory(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     rig.wait_messages(warm as usize, Duration::from_secs(60))
         .await?;
-    // The outbox forgets idle chats' lanes after a few seconds.
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    let before = rig.rss_kib();
-    let n = args.idle_users;
-    for user in 0..n {
-        rig.fake.inject_text(4_000_000 + user as i64, "/start");
+    // Two steps of half the users each: the first step also fills what is
+    // bounded whatever the number of users (the database's page caches,
+    // thread stacks, pools), so the second shows what one more user costs.
+    let mut levels = vec![rig.memory_level().await?];
+    let half = args.idle_users / 2;
+    let mut next_user = 4_000_000i64;
+    let mut sent = warm as usize;
+    for _ in 0..2 {
+        rig.fake
+            .inject_texts((0..half).map(|n| (next_user + n as i64, "/start")));
+        next_user += half as i64;
+        sent += half as usize;
+        rig.wait_messages(sent, Duration::from_secs(600)).await?;
+        levels.push(rig.memory_level().await?);
     }
-    rig.wait_messages((warm + n) as usize, Duration::from_secs(600))
-        .await?;
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    let after = rig.rss_kib();
-    let per_actor = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+    let per_actor = |from: &(u64, f64), to: &(u64, f64)| {
+        (to.0.saturating_sub(from.0)) as f64 * 1024.0 / (to.1 - from.1).max(1.0)
+    };
+    let (first, last) = (&levels[0], &levels[2]);
     println!(
-        "memory: {n} idle user actors: RSS {} MiB -> {} MiB, {per_actor:.0} bytes per idle user actor \
-         (everything the daemon keeps per user, allocator overhead included)",
-        before / 1024,
-        after / 1024
+        "memory: {:.0} idle user actors live: RSS {} MiB -> {} MiB, {:.0} bytes per idle user actor over all of them; \
+         {:.0} bytes per actor for the last {:.0} (everything the daemon keeps per user, allocator overhead included)",
+        last.1,
+        first.0 / 1024,
+        last.0 / 1024,
+        per_actor(first, last),
+        per_actor(&levels[1], last),
+        last.1 - levels[1].1,
     );
     Ok(())
 }
