@@ -384,10 +384,7 @@ async fn replay(storage: &Storage, router: &Addr<Router>) -> anyhow::Result<()> 
     }
     let updates: Vec<RawUpdate> = pending
         .into_iter()
-        .filter_map(|row| {
-            let body = serde_json::from_str(&row.body).ok()?;
-            RawUpdate::from_value(body)
-        })
+        .filter_map(|row| RawUpdate::from_json(&row.body))
         .collect();
     log::info!(
         "replaying {} updates taken before the last stop and not finished",

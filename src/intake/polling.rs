@@ -90,7 +90,7 @@ impl Poller {
 
     fn on_updates(
         &mut self,
-        result: Result<Vec<serde_json::Value>, TelegramError>,
+        result: Result<Vec<Box<serde_json::value::RawValue>>, TelegramError>,
         ctx: &mut Context<Self>,
     ) {
         self.current = None;
@@ -105,7 +105,7 @@ impl Poller {
         let mut max_id = None;
         let mut updates = Vec::with_capacity(values.len());
         for value in values {
-            match RawUpdate::from_value(value) {
+            match RawUpdate::from_json(value.get()) {
                 Some(update) => {
                     max_id = max_id.max(Some(update.update_id));
                     updates.push(update);

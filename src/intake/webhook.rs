@@ -42,18 +42,18 @@ pub async fn receive(
         );
         return HttpResponse::Unauthorized().finish();
     }
-    let value: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(value) => value,
-        Err(err) => {
-            log::warn!(
-                "webhook: skipping a body that is not JSON ({} bytes): {err}",
-                body.len()
-            );
-            return HttpResponse::Ok().finish();
-        }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        log::warn!(
+            "webhook: skipping a body that is not UTF-8 ({} bytes)",
+            body.len()
+        );
+        return HttpResponse::Ok().finish();
     };
-    let Some(update) = RawUpdate::from_value(value) else {
-        log::warn!("webhook: skipping an update without update_id");
+    let Some(update) = RawUpdate::from_json(text) else {
+        log::warn!(
+            "webhook: skipping a body that is not an update with an update_id ({} bytes)",
+            body.len()
+        );
         return HttpResponse::Ok().finish();
     };
     let update_id = update.update_id;

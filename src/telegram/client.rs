@@ -285,12 +285,12 @@ impl BotApi {
         self.call("getMe", &serde_json::json!({})).await
     }
 
-    /// Long-polls for updates. The updates are returned as raw JSON so that
-    /// one malformed or unknown update cannot spoil the batch.
+    /// Long-polls for updates. The updates are returned as their JSON text
+    /// so that one malformed or unknown update cannot spoil the batch.
     pub async fn get_updates(
         &self,
         params: &GetUpdatesParams,
-    ) -> Result<Vec<serde_json::Value>, TelegramError> {
+    ) -> Result<Vec<Box<serde_json::value::RawValue>>, TelegramError> {
         let wait = Duration::from_secs(u64::from(params.timeout.unwrap_or(0)));
         self.call_with_timeout(
             "getUpdates",

@@ -1,65 +1,152 @@
-//! Incoming updates, kept raw until the router needs them typed.
+//! Incoming updates, kept raw until their session needs them typed.
 //!
-//! Intake only needs an update's id to confirm it and store it, so it keeps
-//! the JSON as Telegram sent it. Typed parsing happens later and may fail
+//! Intake only needs an update's id (to confirm and journal it), its kind
+//! and its chat (to route it), so it reads just those from the JSON text as
+//! Telegram sent it and keeps the text: the journal stores it as it came,
+//! and the session parses it into a typed update. Typed parsing may fail
 //! for one update (an unknown kind, a field of the wrong type) without
 //! affecting the others.
 
-use frankenstein::updates::Update;
-use serde_json::Value;
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
 
-/// An update as received: its id and its JSON body.
+use frankenstein::updates::Update;
+use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// An update as received: its id, kind and chat, and its JSON text.
 #[derive(Debug, Clone)]
 pub struct RawUpdate {
     pub update_id: i64,
-    /// Shared: an update passes through several actors, and cloning a
-    /// JSON tree for each would cost more than handling it.
-    pub body: std::sync::Arc<Value>,
+    /// The JSON text, shared: an update passes through several actors.
+    pub body: Arc<str>,
+    kind: Box<str>,
+    chat_id: Option<i64>,
     /// When this process received it, for update-to-reply latency.
-    pub received: std::time::Instant,
+    pub received: Instant,
 }
 
 impl RawUpdate {
-    /// Takes the id out of a received JSON value; `None` if it has none.
-    pub fn from_value(body: Value) -> Option<RawUpdate> {
-        let update_id = body.get("update_id")?.as_i64()?;
+    /// Reads an update's JSON text; `None` if it is not an object with a
+    /// numeric `update_id`.
+    pub fn from_json(text: &str) -> Option<RawUpdate> {
+        let header: Header = serde_json::from_str(text).ok()?;
         Some(RawUpdate {
-            update_id,
-            body: std::sync::Arc::new(body),
-            received: std::time::Instant::now(),
+            update_id: header.update_id?,
+            body: Arc::from(text),
+            kind: header
+                .kind
+                .map_or_else(|| "empty".into(), String::into_boxed_str),
+            chat_id: header.chat_id,
+            received: Instant::now(),
         })
     }
 
     /// The typed update, or why it could not be read.
     pub fn parse(&self) -> Result<Update, serde_json::Error> {
-        serde::Deserialize::deserialize(&*self.body)
+        serde_json::from_str(&self.body)
     }
 
-    /// The chat the update belongs to, read without parsing the rest: the
-    /// key its session is found by. `None` for updates outside any chat
-    /// (inline queries, polls) and for malformed ones.
+    /// The chat the update belongs to: the key its session is found by.
+    /// `None` for updates outside any chat (inline queries, polls) and for
+    /// malformed ones.
     pub fn chat_id(&self) -> Option<i64> {
-        let content = self.body.get(self.kind())?;
-        let id = |v: &Value| v.get("id").and_then(Value::as_i64);
-        content
-            .get("chat")
-            .and_then(id)
-            .or_else(|| {
-                content
-                    .get("message")
-                    .and_then(|m| m.get("chat"))
-                    .and_then(id)
-            })
-            .or_else(|| content.get("from").and_then(id))
-            .or_else(|| content.get("user").and_then(id))
+        self.chat_id
     }
 
     /// The update's kind: the name of its one field besides `update_id`.
     pub fn kind(&self) -> &str {
-        self.body
-            .as_object()
-            .and_then(|o| o.keys().find(|k| *k != "update_id"))
-            .map_or("empty", |k| k.as_str())
+        &self.kind
+    }
+}
+
+/// What routing needs of an update, read in one pass without building the
+/// rest: its id, the name of its content field, and the chat in it.
+#[derive(Default)]
+struct Header {
+    update_id: Option<i64>,
+    kind: Option<String>,
+    chat_id: Option<i64>,
+}
+
+/// The content of an update, as far as finding its chat goes: its `chat`,
+/// or the chat of the `message` it is about (a button press), or the user
+/// it is from. Kept raw, so that a field of the wrong shape only means "no
+/// chat" instead of an unreadable update.
+#[derive(Deserialize)]
+struct Content<'a> {
+    #[serde(borrow)]
+    chat: Option<&'a RawValue>,
+    #[serde(borrow)]
+    message: Option<&'a RawValue>,
+    #[serde(borrow)]
+    from: Option<&'a RawValue>,
+    #[serde(borrow)]
+    user: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Id {
+    id: i64,
+}
+
+#[derive(Deserialize)]
+struct InMessage<'a> {
+    #[serde(borrow)]
+    chat: Option<&'a RawValue>,
+}
+
+fn id_of(raw: Option<&RawValue>) -> Option<i64> {
+    serde_json::from_str::<Id>(raw?.get()).ok().map(|i| i.id)
+}
+
+impl Content<'_> {
+    fn chat_id(&self) -> Option<i64> {
+        id_of(self.chat)
+            .or_else(|| {
+                self.message
+                    .and_then(|m| serde_json::from_str::<InMessage>(m.get()).ok())
+                    .and_then(|m| id_of(m.chat))
+            })
+            .or_else(|| id_of(self.from))
+            .or_else(|| id_of(self.user))
+    }
+}
+
+impl<'de> Deserialize<'de> for Header {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Header, D::Error> {
+        struct HeaderVisitor;
+
+        impl<'de> Visitor<'de> for HeaderVisitor {
+            type Value = Header;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an update object")
+            }
+
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Header, M::Error> {
+                let mut header = Header::default();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == "update_id" {
+                        header.update_id = Some(map.next_value()?);
+                    } else if header.kind.is_none() {
+                        let content: Option<&'de RawValue> = map.next_value()?;
+                        header.chat_id = content
+                            .and_then(|c| serde_json::from_str::<Content>(c.get()).ok())
+                            .and_then(|c| c.chat_id());
+                        header.kind = Some(key.into_owned());
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(header)
+            }
+        }
+
+        deserializer.deserialize_map(HeaderVisitor)
     }
 }
 
@@ -68,33 +155,42 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn json_text(value: serde_json::Value) -> String {
+        value.to_string()
+    }
+
     #[test]
     fn reads_known_and_tolerates_unknown() {
-        let known = RawUpdate::from_value(json!({
+        let known = RawUpdate::from_json(&json_text(json!({
             "update_id": 10,
             "message": {"message_id": 1, "date": 0, "chat": {"id": 5, "type": "private"}, "text": "hi",
                         "some_future_field": {"x": 1}}
-        }))
+        })))
         .unwrap();
         assert_eq!(known.kind(), "message");
         assert!(known.parse().is_ok());
 
         let unknown =
-            RawUpdate::from_value(json!({"update_id": 11, "brand_new_kind": {}})).unwrap();
+            RawUpdate::from_json(&json_text(json!({"update_id": 11, "brand_new_kind": {}})))
+                .unwrap();
         assert_eq!(unknown.update_id, 11);
         assert!(unknown.parse().is_err());
 
         assert_eq!(known.chat_id(), Some(5));
         assert_eq!(unknown.chat_id(), None);
-        let callback = RawUpdate::from_value(json!({"update_id": 12, "callback_query": {
-            "id": "q", "from": {"id": 9}, "message": {"chat": {"id": -100}}}}))
-        .unwrap();
+        let callback =
+            RawUpdate::from_json(&json_text(json!({"update_id": 12, "callback_query": {
+            "id": "q", "from": {"id": 9}, "message": {"chat": {"id": -100}}}})))
+            .unwrap();
         assert_eq!(callback.chat_id(), Some(-100));
         let broken =
-            RawUpdate::from_value(json!({"update_id": 13, "message": {"chat": 5}})).unwrap();
+            RawUpdate::from_json(&json_text(json!({"update_id": 13, "message": {"chat": 5}})))
+                .unwrap();
         assert_eq!(broken.chat_id(), None);
 
-        assert!(RawUpdate::from_value(json!({"message": {}})).is_none());
-        assert!(RawUpdate::from_value(json!("text")).is_none());
+        assert!(RawUpdate::from_json(&json_text(json!({"message": {}}))).is_none());
+        assert!(RawUpdate::from_json(&json_text(json!("text"))).is_none());
+        assert!(RawUpdate::from_json(r#"{"update_id": "14", "message": {}}"#).is_none());
+        assert!(RawUpdate::from_json("{not json").is_none());
     }
 }
