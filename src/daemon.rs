@@ -12,7 +12,6 @@
 //! what is queued; the journal writes the last done marks; then the HTTP
 //! server stops.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -33,7 +32,7 @@ use crate::health::checker::Remotes;
 use crate::http;
 use crate::images::ImagePool;
 use crate::intake::polling::{Poller, StopPolling};
-use crate::journal::{Flush, Journal};
+use crate::journal::{DoneMarks, Flush, Journal};
 use crate::pdf::jobs::{PdfJobs, ResumeJobs, StopJobs};
 use crate::router::{Replay, Router, Sessions, StopIntake};
 use crate::session::{AdminDeps, Documents, Session, SessionDeps};
@@ -96,7 +95,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let journal = Journal::start_in_arbiter(&journal_arbiter.handle(), move |_| {
         Journal::new(journal_storage)
     });
-    let replies_in_flight = Arc::new(AtomicUsize::new(0));
+    let done_marks = DoneMarks::new(journal.clone());
     let cache = Arc::new(
         open_cache(
             &config,
@@ -136,11 +135,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let deps = Arc::new(SessionDeps {
         storage: storage.clone(),
         telegram: telegram.clone(),
-        journal: journal.clone(),
+        done: done_marks.clone(),
         limits: RateLimits::from_config(&config),
         bot_username: username,
         stats_ttl: config.stats_cache_ttl(),
-        replies_in_flight: replies_in_flight.clone(),
         assistant,
         pace: Pace {
             draft: Config::secs(config.draft_interval),
@@ -300,7 +298,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         log::warn!("shutdown deadline reached while PDF deliveries were finishing");
     }
     drain_outbox(&telegram, deadline).await;
-    wait_for_replies(&replies_in_flight, deadline).await;
+    wait_for_replies(&done_marks, deadline).await;
     if tokio::time::timeout_at(deadline.into(), journal.send(Flush))
         .await
         .is_err()
@@ -399,12 +397,12 @@ async fn replay(storage: &Storage, router: &Addr<Router>) -> anyhow::Result<()> 
 }
 
 /// Waits until every posted reply has been delivered and marked done.
-async fn wait_for_replies(in_flight: &AtomicUsize, deadline: Instant) {
-    while in_flight.load(Ordering::SeqCst) > 0 {
+async fn wait_for_replies(done: &DoneMarks, deadline: Instant) {
+    while done.replies_in_flight() > 0 {
         if Instant::now() >= deadline {
             log::warn!(
                 "shutdown deadline reached with {} replies undelivered",
-                in_flight.load(Ordering::SeqCst)
+                done.replies_in_flight()
             );
             return;
         }

@@ -8,10 +8,12 @@
 //!
 //! Writes are batched: while one transaction runs, the records and done
 //! marks that arrive meanwhile gather and go in the next one, so the cost per
-//! update falls as load rises. Database work runs on blocking threads, never
+//! update falls as load rises. Database work runs on the storage's threads, never
 //! on the journal's event loop.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -30,6 +32,52 @@ pub struct Record(pub Vec<InboxRow>);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Done(pub i64);
+
+/// Where sessions send done marks, and the count of replies posted and not
+/// yet ended, which the shutdown waits for. A reply counts until its done
+/// mark is in the journal's mailbox, so a [`Flush`] sent after the count
+/// reaches zero finds it.
+///
+/// Each mark is sent at once: the window in which a delivered reply has no
+/// mark yet is what a kill -9 turns into a reply sent twice.
+#[derive(Clone)]
+pub struct DoneMarks {
+    journal: Addr<Journal>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl DoneMarks {
+    pub fn new(journal: Addr<Journal>) -> DoneMarks {
+        DoneMarks {
+            journal,
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Replies posted and not yet ended.
+    pub fn replies_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// A reply was posted; [`DoneMarks::reply_ended`] must follow.
+    pub fn reply_posted(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A posted reply has ended: delivered or refused for good (`Some`, its
+    /// update is done), or failed in a way a replay may fix (`None`).
+    pub fn reply_ended(&self, done: Option<i64>) {
+        if let Some(update_id) = done {
+            self.mark(update_id);
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// An update needs no reply, or has had it.
+    pub fn mark(&self, update_id: i64) {
+        self.journal.do_send(Done(update_id));
+    }
+}
 
 /// Answers when every done mark received so far is written.
 #[derive(Message)]

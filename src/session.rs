@@ -12,7 +12,6 @@
 //! marked done in the journal.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -31,7 +30,7 @@ use crate::bot::ratelimit::{RateLimits, UserLimiter, Verdict, refusal_text};
 use crate::cache::Cache;
 use crate::health::{self, GetHistory, GetStatus, HealthChecker};
 use crate::images::{ImagePool, PhotoRef, Prepare};
-use crate::journal::{Done, Journal};
+use crate::journal::DoneMarks;
 use crate::metrics;
 use crate::pdf::jobs::{Accepted, JobSpec, PdfJobs, Refused, SubmitJob};
 use crate::storage::{Storage, UserRecord, now_millis};
@@ -45,12 +44,10 @@ const SAVE_INTERVAL: Duration = Duration::from_secs(30);
 pub struct SessionDeps {
     pub storage: Storage,
     pub telegram: Telegram,
-    pub journal: Addr<Journal>,
+    pub done: DoneMarks,
     pub limits: RateLimits,
     pub bot_username: String,
     pub stats_ttl: Duration,
-    /// Replies posted and not yet delivered, over all sessions.
-    pub replies_in_flight: Arc<AtomicUsize>,
     pub assistant: Assistant,
     pub pace: Pace,
     /// Questions a user may have waiting behind the one being answered.
@@ -158,7 +155,7 @@ impl Session {
     }
 
     fn done(&self, update_id: i64) {
-        self.deps.journal.do_send(Done(update_id));
+        self.deps.done.mark(update_id);
     }
 
     /// Posts a reply in order and marks the update done once it is delivered.
@@ -168,32 +165,32 @@ impl Session {
             .deps
             .telegram
             .post(chat_id, text_requests(chat_id, text));
-        let journal = self.deps.journal.clone();
-        let in_flight = self.deps.replies_in_flight.clone();
-        in_flight.fetch_add(1, Ordering::SeqCst);
+        let done = self.deps.done.clone();
+        done.reply_posted();
         // Spawned on the arbiter, not in the actor's context: a session that
         // retires still has its replies' deliveries marked done.
         actix_rt::spawn(async move {
-            match delivery.await {
+            let ended = match delivery.await {
                 Ok(_) => {
                     metrics::REPLIES.with_label_values(&[kind]).inc();
                     metrics::REPLY_LATENCY
                         .with_label_values(&[kind])
                         .observe(received.elapsed().as_secs_f64());
-                    journal.do_send(Done(update_id));
+                    Some(update_id)
                 }
                 Err(err) if err.is_transient() => {
                     // Left undone: replayed after a restart.
                     log::warn!("send failed: update_id={update_id} chat_id={chat_id}: {err}");
+                    None
                 }
                 Err(err) => {
                     // Telegram refused it for good (blocked bot, bad chat):
                     // sending it again would fail the same way.
                     log::warn!("send failed: update_id={update_id} chat_id={chat_id}: {err}");
-                    journal.do_send(Done(update_id));
+                    Some(update_id)
                 }
-            }
-            in_flight.fetch_sub(1, Ordering::SeqCst);
+            };
+            done.reply_ended(ended);
         });
     }
 
@@ -323,7 +320,7 @@ impl Session {
             cancel: Some(cancel),
         });
         let (chat_id, epoch, me) = (self.chat_id, self.conversation.epoch, ctx.address());
-        deps.replies_in_flight.fetch_add(1, Ordering::SeqCst);
+        deps.done.reply_posted();
         actix_rt::spawn(async move {
             let (progress, shown_progress) = tokio::sync::mpsc::unbounded_channel();
             let asked = deps
@@ -356,25 +353,28 @@ impl Session {
             };
             let requests: Vec<Request> = final_requests(chat_id, &final_text, &shown);
             let delivered = deps.telegram.post(chat_id, requests).await;
-            match &delivered {
+            let ended = match &delivered {
                 Ok(_) => {
                     metrics::REPLIES.with_label_values(&[kind]).inc();
                     metrics::REPLY_LATENCY
                         .with_label_values(&["ai"])
                         .observe(update.received.elapsed().as_secs_f64());
-                    deps.journal.do_send(Done(update.update_id));
+                    Some(update.update_id)
                 }
-                Err(err) => log::warn!(
-                    "send failed: update_id={} chat_id={chat_id}: {err}",
-                    update.update_id
-                ),
-            }
+                Err(err) => {
+                    log::warn!(
+                        "send failed: update_id={} chat_id={chat_id}: {err}",
+                        update.update_id
+                    );
+                    None
+                }
+            };
             me.do_send(AnswerFinished {
                 epoch,
                 question: text,
                 answer: result.ok().map(|a| a.text),
             });
-            deps.replies_in_flight.fetch_sub(1, Ordering::SeqCst);
+            deps.done.reply_ended(ended);
         });
     }
 

@@ -190,3 +190,45 @@ async fn an_unreachable_database_is_a_clear_error_without_the_password() {
     assert!(err.contains("postgres"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// Every reply posted is counted until its done mark is with the journal,
+/// so a flush once the count is zero writes every mark.
+#[actix_rt::test]
+async fn done_marks_of_ended_replies_are_written_by_the_next_flush() {
+    use actix::Actor;
+    use actorbot::journal::{DoneMarks, Flush, Journal, Record};
+
+    let storage = Storage::open(&sqlite_config()).await.expect("opens");
+    let journal = Journal::new(storage.clone()).start();
+    let new = journal
+        .send(Record((1..=5).map(row).collect()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.len(), 5);
+
+    let marks = DoneMarks::new(journal.clone());
+    for _ in 0..4 {
+        marks.reply_posted();
+    }
+    assert_eq!(marks.replies_in_flight(), 4);
+    // Three delivered, one given up on for a replay, one needing no reply.
+    for id in 1..=3 {
+        marks.reply_ended(Some(id));
+    }
+    marks.reply_ended(None);
+    marks.mark(5);
+    assert_eq!(marks.replies_in_flight(), 0);
+    journal.send(Flush).await.unwrap();
+    for id in [1, 2, 3, 5] {
+        assert!(storage.inbox_is_done(id).await.unwrap(), "{id} not done");
+    }
+    let pending: Vec<i64> = storage
+        .inbox_pending()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.update_id)
+        .collect();
+    assert_eq!(pending, vec![4]);
+}

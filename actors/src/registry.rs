@@ -510,7 +510,7 @@ where
         M::Result: Send,
     {
         let queued = Arc::clone(&self.queued);
-        let runtime = self.runtime.clone();
+        let arbiter = self.arbiter_for(key).clone();
         let Some(entry) = state.entries.get_mut(key) else {
             return;
         };
@@ -518,11 +518,11 @@ where
             Phase::Live { addr, tick, last } => {
                 *last = Instant::now();
                 *tick = state.activity.touch(key, Some(*tick));
-                send(addr, msg, permit, queued, &runtime);
+                send(&arbiter, addr, msg, permit, queued);
             }
             Phase::Retiring { held } => {
                 held.push(Box::new(move |addr: &Addr<A>| {
-                    send(addr, msg, permit, queued, &runtime)
+                    send(&arbiter, addr, msg, permit, queued)
                 }));
             }
         }
@@ -555,17 +555,33 @@ where
         state.stats.live -= 1;
         state.stats.retiring += 1;
 
-        let persisted = addr.send(Retire { reason });
+        // Through the child's arbiter, like every message routed to it, so
+        // it arrives after them.
         let weak = Arc::downgrade(self);
-        let key = key.clone();
-        self.runtime.spawn(async move {
+        let child_key = key.clone();
+        let sent = self.arbiter_for(key).spawn(async move {
             // Err means the child stopped without answering: there is
             // nothing more to wait for either way.
-            let _ = persisted.await;
+            let _ = addr.send(Retire { reason }).await;
             if let Some(shared) = weak.upgrade() {
-                shared.retired(&key);
+                shared.retired(&child_key);
             }
         });
+        if !sent {
+            // The arbiter is gone, and the child with it.
+            let weak = Arc::downgrade(self);
+            let key = key.clone();
+            self.runtime.spawn(async move {
+                if let Some(shared) = weak.upgrade() {
+                    shared.retired(&key);
+                }
+            });
+        }
+    }
+
+    /// The arbiter the child for `key` runs on.
+    fn arbiter_for(&self, key: &K) -> &ArbiterHandle {
+        &self.arbiters[placement(key, self.arbiters.len())]
     }
 
     /// The child for `key` has persisted and stopped.
@@ -616,8 +632,7 @@ where
         let (tx, rx) = channel::channel(0);
         let factory = Arc::clone(&self.factory);
         let child_key = key.clone();
-        let arbiter = &self.arbiters[placement(key, self.arbiters.len())];
-        let started = arbiter.spawn_fn(move || {
+        let started = self.arbiter_for(key).spawn_fn(move || {
             let ctx = Context::with_receiver(rx);
             let actor = factory(&child_key);
             actix::spawn(ctx.into_future(actor));
@@ -702,11 +717,11 @@ impl<K, A: Actor> State<K, A> {
 
 /// Enqueues `msg` and gives its slot back once the child has handled it.
 fn send<A, M>(
+    arbiter: &ArbiterHandle,
     addr: &Addr<A>,
     msg: M,
     permit: OwnedSemaphorePermit,
     queued: Arc<AtomicUsize>,
-    fallback: &Handle,
 ) where
     A: Actor + Handler<M>,
     A::Context: ToEnvelope<A, M>,
@@ -714,19 +729,21 @@ fn send<A, M>(
     M::Result: Send,
 {
     queued.fetch_add(1, Ordering::Relaxed);
-    // `send` puts the message in the mailbox now (the channel is unbounded);
-    // the returned future only reports when it has been handled.
-    let handled = addr.send(msg);
-    let release = async move {
-        let _ = handled.await;
+    let addr = addr.clone();
+    let counted = Arc::clone(&queued);
+    // Sent from the child's own arbiter, which runs what it is given in
+    // order: messages keep the order they were routed in, and the answer
+    // that frees the slot comes back without crossing threads. The caller
+    // pays one hand-over to that thread, not two.
+    let sent = arbiter.spawn(async move {
+        let _ = addr.send(msg).await;
         drop(permit);
+        counted.fetch_sub(1, Ordering::Relaxed);
+    });
+    if !sent {
+        // The arbiter is gone, and the child with it; the message and its
+        // slot are dropped.
         queued.fetch_sub(1, Ordering::Relaxed);
-    };
-    // Watch on the caller's runtime when there is one, so the watching is
-    // spread like the routing is.
-    match Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn(release)),
-        Err(_) => drop(fallback.spawn(release)),
     }
 }
 
