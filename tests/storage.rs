@@ -35,6 +35,17 @@ fn row(update_id: i64) -> InboxRow {
     }
 }
 
+/// The update_ids the inbox holds and has not marked done.
+async fn pending_ids(storage: &Storage) -> Vec<i64> {
+    storage
+        .inbox_pending()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.update_id)
+        .collect()
+}
+
 async fn exercise(config: &Config) {
     let storage = Storage::open(config).await.expect("opens and migrates");
     // Opening again finds nothing to migrate.
@@ -54,14 +65,7 @@ async fn exercise(config: &Config) {
         .unwrap();
     assert_eq!(new, [6, 7].into_iter().collect());
     storage.inbox_mark_done(vec![1, 2, 6]).await.unwrap();
-    let pending: Vec<i64> = storage
-        .inbox_pending()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.update_id)
-        .collect();
-    assert_eq!(pending, vec![3, 4, 5, 7]);
+    assert_eq!(pending_ids(&storage).await, vec![3, 4, 5, 7]);
     assert_eq!(storage.inbox_pending().await.unwrap()[0], row(3));
     assert!(storage.inbox_is_done(2).await.unwrap());
     assert!(!storage.inbox_is_done(3).await.unwrap());
@@ -223,12 +227,5 @@ async fn done_marks_of_ended_replies_are_written_by_the_next_flush() {
     for id in [1, 2, 3, 5] {
         assert!(storage.inbox_is_done(id).await.unwrap(), "{id} not done");
     }
-    let pending: Vec<i64> = storage
-        .inbox_pending()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.update_id)
-        .collect();
-    assert_eq!(pending, vec![4]);
+    assert_eq!(pending_ids(&storage).await, vec![4]);
 }
