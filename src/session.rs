@@ -123,6 +123,10 @@ pub struct Session {
     /// False when the record could not be loaded: saving then would
     /// overwrite the stored figures with fresh ones.
     restored: bool,
+    /// The record is in the database (it was loaded, or saved with an
+    /// exchange). A chat's exchanges are only written once it is, so a
+    /// chat without a record has none to load.
+    stored: bool,
     dirty: bool,
     /// A save is due within [`SAVE_INTERVAL`]. Only a session with changes
     /// has a timer: an idle one costs no more than its state.
@@ -144,6 +148,7 @@ impl Session {
             record: UserRecord::new(chat_id, now_millis()),
             conversation: Conversation::default(),
             restored: false,
+            stored: false,
             dirty: false,
             save_due: false,
             limiter,
@@ -620,8 +625,13 @@ impl Actor for Session {
                         this.conversation = serde_json::from_str(&record.state).unwrap_or_default();
                         this.record = record;
                         this.restored = true;
+                        this.stored = true;
                     }
-                    Ok(None) => this.restored = true,
+                    Ok(None) => {
+                        // New: no exchanges either, no need to ask.
+                        this.restored = true;
+                        this.history = Some(VecDeque::new());
+                    }
                     Err(err) => log::warn!(
                         "could not restore chat_id={}: {err}; its figures start afresh and are not saved",
                         this.chat_id
@@ -694,15 +704,28 @@ impl Handler<AnswerFinished> for Session {
             }
             let storage = self.deps.storage.clone();
             let user_id = self.chat_id;
+            // The record goes first, the first time: exchanges never exist
+            // without it (a new session looks for them only when it does).
+            let record = (self.restored && !self.stored).then(|| self.snapshot());
             // Held mailbox: a /report sent right after the answer arrives
             // must find this exchange saved.
             ctx.wait(
                 async move {
+                    if let Some(record) = record
+                        && let Err(err) = storage.users_save(vec![record]).await
+                    {
+                        log::warn!(
+                            "chat_id={user_id}: could not save the record, nor the exchange: {err}"
+                        );
+                        return false;
+                    }
                     if let Err(err) = storage.turn_push(user_id, msg.question, answer).await {
                         log::warn!("chat_id={user_id}: could not save the exchange: {err}");
                     }
+                    true
                 }
-                .into_actor(self),
+                .into_actor(self)
+                .map(|stored, this, _| this.stored |= stored),
             );
         }
         if let Some(next) = self.waiting.pop_front() {

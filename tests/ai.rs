@@ -122,6 +122,31 @@ async fn a_conversation_carries_its_history_until_reset() {
     assert!(stats.contains("AI questions: 3"), "{stats}");
 }
 
+/// A new user's first exchange is written with their record: a session
+/// started after a kill -9 (before any periodic save) finds the record and
+/// so looks for, and carries, the exchange.
+#[actix_rt::test]
+async fn a_first_exchange_survives_a_kill_9() {
+    let ai = fake_ai(0);
+    let data_dir = common::unique_dir("first-exchange");
+    let app = with_ai(&ai).data_dir(data_dir.clone()).start().await;
+    let user = 51_101;
+    app.tg.inject_text(user, "first");
+    wait_for_text(&app, user, &expected("first", 1, 0)).await;
+    // The session holds its mailbox until the exchange is saved: a reply to
+    // a command sent after the answer comes once it is.
+    app.tg.inject_text(user, "/help");
+    wait_for_text(&app, user, "/reset").await;
+    let (tg, _) = app.kill();
+    let app = with_ai(&ai).with_fake(tg).data_dir(data_dir).start().await;
+    app.tg.inject_text(user, "second");
+    wait_for_text(&app, user, &expected("second", 2, 2)).await;
+    let requests = ai.requests();
+    let second = &requests.last().expect("asked").messages;
+    assert_eq!(second[1], ("user".into(), "first".into()));
+    assert_eq!(second[2], ("assistant".into(), expected("first", 1, 0)));
+}
+
 #[actix_rt::test]
 async fn the_user_can_stop_an_answer() {
     let ai = fake_ai(150);

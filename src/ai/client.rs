@@ -127,6 +127,27 @@ struct Request<'a> {
     max_tokens: u32,
 }
 
+/// One event of a streamed completion, as far as the answer goes; the rest
+/// of what backends put in it is skipped unread.
+#[derive(Deserialize)]
+struct StreamEvent {
+    choices: Option<Vec<StreamChoice>>,
+    error: Option<Value>,
+}
+
+/// Lenient where backends differ: a field of an unexpected shape is read
+/// as absent, as it was when events were read as untyped JSON.
+#[derive(Deserialize)]
+struct StreamChoice {
+    delta: Option<StreamDelta>,
+    finish_reason: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct StreamDelta {
+    content: Option<Value>,
+}
+
 /// Makes one call; streamed pieces go to `progress`. Answers the full text.
 pub async fn complete(
     http: &awc::Client,
@@ -194,29 +215,35 @@ pub async fn complete(
             }
             Ok(Some(Ok(chunk))) => chunk,
         };
+        // The pieces of one network chunk go to `progress` together: one
+        // wake-up of the chat's thread for what arrived at once.
+        let mut arrived = String::new();
         for data in events.push(&chunk) {
             if data.trim() == "[DONE]" {
                 finished = true;
                 continue;
             }
-            let chunk: Value = serde_json::from_str(&data)
+            let event: StreamEvent = serde_json::from_str(&data)
                 .map_err(|e| AiError::Malformed(format!("an event is not JSON: {e}")))?;
-            if let Some(error) = chunk.get("error") {
+            if let Some(error) = event.error {
                 let message = error["message"].as_str().unwrap_or("error in stream");
                 return Err(truncated_or(answer, AiError::Malformed(message.into())));
             }
-            let choice = &chunk["choices"][0];
-            if let Some(piece) = choice["delta"]["content"].as_str()
-                && !piece.is_empty()
-            {
-                answer.push_str(piece);
-                if let Some(progress) = progress {
-                    let _ = progress.send(Progress::Delta(piece.to_string()));
-                }
+            let Some(choice) = event.choices.into_iter().flatten().next() else {
+                continue;
+            };
+            if let Some(Value::String(piece)) = choice.delta.and_then(|d| d.content) {
+                answer.push_str(&piece);
+                arrived.push_str(&piece);
             }
-            if choice["finish_reason"].is_string() {
+            if choice.finish_reason.as_ref().is_some_and(Value::is_string) {
                 finished = true;
             }
+        }
+        if !arrived.is_empty()
+            && let Some(progress) = progress
+        {
+            let _ = progress.send(Progress::Delta(arrived));
         }
     }
     if finished {
