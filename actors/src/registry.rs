@@ -15,17 +15,26 @@
 //! actor. Routing is the hot path: if the registry were an actor, every
 //! message would take two mailbox hops (caller → registry → child) and the
 //! registry's single mailbox would be the bottleneck for every chat. As a
-//! handle, routing is a hash lookup and a send made by the caller itself, the
-//! activity clock is updated in the same critical section (no extra message
-//! per routed message), and the owner (usually a router actor) can await
+//! handle, routing is a hash lookup made by the caller itself, the activity
+//! clock is updated in the same critical section (no extra message per
+//! routed message), and the owner (usually a router actor) can await
 //! backpressure directly. Timed work (the idle sweep, waiting for a retiring
 //! child's persist) runs as small Tokio tasks that hold only a weak reference,
 //! so dropping the last handle stops them.
 //!
+//! # Where children run, and who sends to them
+//!
+//! A key's child always runs on the same arbiter ([`placement`]), and every
+//! message for it, [`Retire`] included, is handed to that arbiter, which
+//! sends it and frees its mailbox slot once it is handled. The caller pays one
+//! hand-over to the child's thread; the answer that frees the slot never
+//! crosses back.
+//!
 //! # Order and the persist/restore race
 //!
 //! Messages for one key are delivered in the order their routing calls
-//! completed. When a child is retired, messages already in its mailbox are
+//! completed (an arbiter runs what it is handed in order). When a child is
+//! retired, messages already in its mailbox are
 //! handled before [`Retire`] (mailboxes are FIFO). Messages routed for that
 //! key while it is retiring are held by the registry (up to the mailbox
 //! capacity) and handed, in order, to a new child that is started only after
