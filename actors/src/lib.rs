@@ -170,5 +170,6 @@
 pub mod breaker;
 pub mod pool;
 pub mod probe;
+pub mod process;
 pub mod registry;
 pub mod scheduler;

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use actorbot_actors::process::Process;
 use prometheus::core::Collector;
 use serde::Serialize;
 
@@ -83,7 +84,7 @@ impl Reading {
             replies: counter_sum(&*metrics::REPLIES, |_| true),
             latency: histogram_buckets(&*metrics::REPLY_LATENCY),
             errors,
-            cpu_seconds: process_cpu_seconds(),
+            cpu_seconds: Process::Current.cpu_seconds(),
         }
     }
 
@@ -211,36 +212,9 @@ pub fn percentile(cumulative: &[(f64, f64)], q: f64) -> f64 {
     lower_bound
 }
 
-fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime (fields 14 and 15), in USER_HZ ticks of 1/100 s.
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// Resident memory, from `/proc/self/status`.
+/// Resident memory of this process.
 pub fn process_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
+    Process::Current.rss_bytes()
 }
 
 #[cfg(test)]

@@ -36,11 +36,6 @@ pub struct Telegram {
 }
 
 impl Telegram {
-    /// A handle over one outbox.
-    pub fn new(outbox: Addr<Outbox>) -> Telegram {
-        Telegram::sharded(vec![outbox])
-    }
-
     /// A handle over outbox shards, in the order of the arbiters they run on.
     ///
     /// # Panics

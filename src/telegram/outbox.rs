@@ -364,12 +364,6 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// An outbox that is the only one: it keeps the global limits alone.
-    pub fn new(endpoint: Endpoint, limits: Limits) -> Outbox {
-        let global = GlobalLimit::new(&limits);
-        Outbox::shard(endpoint, limits, global)
-    }
-
     /// One shard of several, sharing `global`. `limits` are the shard's own
     /// (see [`Limits::per_shard`]).
     pub fn shard(endpoint: Endpoint, limits: Limits, global: Arc<GlobalLimit>) -> Outbox {

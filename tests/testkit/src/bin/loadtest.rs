@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use actorbot_actors::process::Process;
 use actorbot_testkit::openai::{FakeAi, FakeAiConfig};
 use actorbot_testkit::telegram::{FakeTelegram, FakeTelegramConfig};
 use clap::Parser;
@@ -183,7 +184,7 @@ impl Rig {
 
     /// CPU time the daemon has used so far (user + system), in seconds.
     fn cpu_seconds(&self) -> f64 {
-        process_cpu_seconds(&format!("/proc/{}/stat", self.daemon.id()))
+        Process::Pid(self.daemon.id()).cpu_seconds()
     }
 
     async fn metrics(&self) -> Result<String, Box<dyn std::error::Error>> {
@@ -206,14 +207,7 @@ impl Rig {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.daemon.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        Process::Pid(self.daemon.id()).rss_bytes() / 1024
     }
 
     async fn wait_messages(
@@ -245,7 +239,7 @@ async fn throughput(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     rig.wait_messages(1_000, Duration::from_secs(60)).await?;
     let base = rig.fake.total_messages();
     let cpu_before = rig.cpu_seconds();
-    let own_before = process_cpu_seconds("/proc/self/stat");
+    let own_before = Process::Current.cpu_seconds();
     let started = Instant::now();
     rig.fake
         .inject_texts((0..args.updates).map(|n| ((n % args.users) as i64 + 1, "/start")));
@@ -259,7 +253,7 @@ async fn throughput(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let span = last.duration_since(first).as_secs_f64();
     let total = last.duration_since(started).as_secs_f64();
     let cpu = rig.cpu_seconds() - cpu_before;
-    let own = process_cpu_seconds("/proc/self/stat") - own_before;
+    let own = Process::Current.cpu_seconds() - own_before;
     println!(
         "throughput: {} /start updates from {} users: {:.0} updates/s between the first and last reply \
          ({span:.2} s); {:.0} updates/s from queueing to the last reply ({total:.2} s; queueing took {:.2} s)",
@@ -452,24 +446,4 @@ fn metric_value(text: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
-}
-
-/// CPU time (user + system) of the process whose `stat` file this is, in
-/// seconds.
-fn process_cpu_seconds(stat_path: &str) -> f64 {
-    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
-    // Fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 here;
-    // the kernel counts them in USER_HZ, 100 on Linux.
-    (ticks(11) + ticks(12)) / 100.0
 }
