@@ -711,18 +711,19 @@ impl Handler<AnswerFinished> for Session {
             // must find this exchange saved.
             ctx.wait(
                 async move {
-                    if let Some(record) = record
-                        && let Err(err) = storage.users_save(vec![record]).await
+                    let first = record.is_some();
+                    match storage
+                        .exchange_save(record, user_id, msg.question, answer)
+                        .await
                     {
-                        log::warn!(
-                            "chat_id={user_id}: could not save the record, nor the exchange: {err}"
-                        );
-                        return false;
+                        Ok(()) => true,
+                        Err(err) => {
+                            log::warn!("chat_id={user_id}: could not save the exchange: {err}");
+                            // Without its record nothing was saved; with it
+                            // stored before, the record still stands.
+                            !first
+                        }
                     }
-                    if let Err(err) = storage.turn_push(user_id, msg.question, answer).await {
-                        log::warn!("chat_id={user_id}: could not save the exchange: {err}");
-                    }
-                    true
                 }
                 .into_actor(self)
                 .map(|stored, this, _| this.stored |= stored),

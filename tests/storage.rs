@@ -84,6 +84,10 @@ async fn exercise(config: &Config) {
     user.last_seen = 2_000;
     user.state = r#"{"epoch":1}"#.into();
     storage.users_save(vec![user.clone()]).await.unwrap();
+    assert_eq!(storage.user_load(42).await.unwrap(), Some(user.clone()));
+    // A record is saved whole: a name gone is gone.
+    user.first_name = None;
+    storage.users_save(vec![user.clone()]).await.unwrap();
     assert_eq!(storage.user_load(42).await.unwrap(), Some(user));
     assert_eq!(storage.users_count().await.unwrap(), 1);
     assert_eq!(storage.users_active_since(1_500).await.unwrap(), 1);
@@ -92,14 +96,17 @@ async fn exercise(config: &Config) {
     // Conversation turns: numbered, recent ones in order, cleared.
     for i in 1..=4 {
         storage
-            .turn_push(42, format!("q{i}"), format!("a{i}"))
+            .exchange_save(None, 42, format!("q{i}"), format!("a{i}"))
             .await
             .unwrap();
     }
+    // A new user's first exchange saves their record with it.
+    let newcomer = UserRecord::new(43, 3_000);
     storage
-        .turn_push(43, "other".into(), "user".into())
+        .exchange_save(Some(newcomer.clone()), 43, "other".into(), "user".into())
         .await
         .unwrap();
+    assert_eq!(storage.user_load(43).await.unwrap(), Some(newcomer));
     let recent = storage.turns_recent(42, 2).await.unwrap();
     let questions: Vec<&str> = recent.iter().map(|t| t.question.as_str()).collect();
     assert_eq!(questions, ["q3", "q4"]);

@@ -11,6 +11,7 @@
 mod models;
 mod schema;
 mod threads;
+mod writer;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -93,6 +94,35 @@ macro_rules! with_conn {
     };
 }
 
+/// A connection of either backend, for work written once for both.
+enum Conn<'a> {
+    Sqlite(&'a mut SqliteConnection),
+    Postgres(&'a mut PgConnection),
+}
+
+/// Runs `$body` with `$c` bound to the connection inside a [`Conn`]; the
+/// body is compiled once per backend.
+macro_rules! on_conn {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            Conn::Sqlite($c) => $body,
+            Conn::Postgres($c) => $body,
+        }
+    };
+}
+
+/// Inserts or replaces one user's record, on either backend's connection.
+macro_rules! upsert_user {
+    ($conn:expr, $record:expr) => {
+        diesel::insert_into(users::table)
+            .values($record)
+            .on_conflict(users::user_id)
+            .do_update()
+            .set($record)
+            .execute($conn)
+    };
+}
+
 /// The figures of the connection pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PoolState {
@@ -106,6 +136,8 @@ pub struct PoolState {
 pub struct Storage {
     pools: Arc<Pools>,
     threads: Arc<threads::DbThreads>,
+    /// SQLite's writes go through one thread, in groups.
+    writer: Option<Arc<writer::GroupWriter>>,
     description: Arc<str>,
 }
 
@@ -219,8 +251,19 @@ impl Storage {
                 (Pools::Postgres(pool), format!("postgres at {redacted}"))
             }
         };
+        let writer = match &pools {
+            Pools::Sqlite(pool) => Some(Arc::new(
+                writer::GroupWriter::start(pool.clone()).map_err(|e| StorageError::Connect {
+                    backend: "sqlite",
+                    target: description.clone(),
+                    message: format!("cannot start the writer thread: {e}"),
+                })?,
+            )),
+            Pools::Postgres(_) => None,
+        };
         Ok(Storage {
             pools: Arc::new(pools),
+            writer,
             // A thread per connection: more would only wait for one.
             threads: Arc::new(threads::DbThreads::new(max as usize)),
             description: format!("{description}, pool {min}..{max}").into(),
@@ -280,6 +323,33 @@ impl Storage {
             .map_err(|_| StorageError::Task("the database call panicked".into()))?
     }
 
+    /// Runs work that writes, in a transaction. On SQLite it joins the
+    /// next group commit ([`writer`]); on PostgreSQL it runs on its own.
+    async fn write<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn<'_>) -> Result<T, StorageError> + Send + 'static,
+    {
+        let Some(writer) = &self.writer else {
+            return self
+                .blocking(move |pools| match pools {
+                    Pools::Postgres(pool) => pool.get()?.transaction(|c| work(Conn::Postgres(c))),
+                    Pools::Sqlite(pool) => {
+                        pool.get()?.immediate_transaction(|c| work(Conn::Sqlite(c)))
+                    }
+                })
+                .await;
+        };
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        writer.submit(Box::new(writer::Pending {
+            work: move |c: &mut SqliteConnection| work(Conn::Sqlite(c)),
+            answer,
+        }))?;
+        answered
+            .await
+            .map_err(|_| StorageError::Task("the database write panicked".into()))?
+    }
+
     /// A round trip to the database.
     pub async fn ping(&self) -> Result<Duration, StorageError> {
         self.blocking(|pools| {
@@ -298,9 +368,9 @@ impl Storage {
         &self,
         rows: Vec<InboxRow>,
     ) -> Result<HashSet<i64>, StorageError> {
-        self.blocking(move |pools| {
+        self.write(move |conn| {
             let now = now_millis();
-            with_conn!(pools, |conn| conn.transaction(|conn| {
+            on_conn!(conn, |conn| {
                 let mut new = HashSet::with_capacity(rows.len());
                 for row in &rows {
                     let inserted = diesel::insert_into(inbox::table)
@@ -317,23 +387,23 @@ impl Storage {
                     }
                 }
                 Ok::<_, StorageError>(new)
-            }))
+            })
         })
         .await
     }
 
     /// Marks updates answered.
     pub async fn inbox_mark_done(&self, update_ids: Vec<i64>) -> Result<(), StorageError> {
-        self.blocking(move |pools| {
+        self.write(move |conn| {
             let now = now_millis();
-            with_conn!(pools, |conn| conn.transaction(|conn| {
+            on_conn!(conn, |conn| {
                 for chunk in update_ids.chunks(500) {
                     diesel::update(inbox::table.filter(inbox::update_id.eq_any(chunk)))
                         .set(inbox::done_at.eq(now))
                         .execute(conn)?;
                 }
                 Ok::<_, StorageError>(())
-            }))
+            })
         })
         .await
     }
@@ -372,8 +442,8 @@ impl Storage {
 
     /// Deletes answered rows older than `older_than` (Unix ms).
     pub async fn inbox_purge_done(&self, older_than: i64) -> Result<usize, StorageError> {
-        self.blocking(move |pools| {
-            Ok(with_conn!(pools, |conn| diesel::delete(
+        self.write(move |conn| {
+            Ok(on_conn!(conn, |conn| diesel::delete(
                 inbox::table.filter(inbox::done_at.lt(older_than))
             )
             .execute(conn)?))
@@ -425,18 +495,13 @@ impl Storage {
 
     /// Inserts or replaces records, in one transaction.
     pub async fn users_save(&self, records: Vec<UserRecord>) -> Result<(), StorageError> {
-        self.blocking(move |pools| {
-            with_conn!(pools, |conn| conn.transaction(|conn| {
+        self.write(move |conn| {
+            on_conn!(conn, |conn| {
                 for record in &records {
-                    diesel::insert_into(users::table)
-                        .values(record)
-                        .on_conflict(users::user_id)
-                        .do_update()
-                        .set(record)
-                        .execute(conn)?;
+                    upsert_user!(conn, record)?;
                 }
                 Ok::<_, StorageError>(())
-            }))
+            })
         })
         .await
     }
@@ -478,18 +543,22 @@ impl Storage {
         .await
     }
 
-    /// Appends a turn. A user's turns are written by that user's session
-    /// only, one at a time, so the next number cannot race; and without a
-    /// transaction, SQLite never has to upgrade a read lock to a write lock
-    /// (which fails at once, busy timeout or not, when another writer is on).
-    pub async fn turn_push(
+    /// Appends a turn, and first saves the user's record when given: in
+    /// one transaction, so an exchange is never stored without its record.
+    /// A user's turns are written by that user's session only, one at a
+    /// time, so the next number cannot race.
+    pub async fn exchange_save(
         &self,
+        record: Option<UserRecord>,
         user_id: i64,
         question: String,
         answer: String,
     ) -> Result<(), StorageError> {
-        self.blocking(move |pools| {
-            with_conn!(pools, |conn| {
+        self.write(move |conn| {
+            on_conn!(conn, |conn| {
+                if let Some(record) = &record {
+                    upsert_user!(conn, record)?;
+                }
                 let last: Option<i64> = ai_turns::table
                     .filter(ai_turns::user_id.eq(user_id))
                     .select(diesel::dsl::max(ai_turns::seq))
@@ -503,16 +572,16 @@ impl Storage {
                         created_at: now_millis(),
                     })
                     .execute(conn)?;
-            });
-            Ok(())
+                Ok::<_, StorageError>(())
+            })
         })
         .await
     }
 
     /// Forgets a user's conversation; answers how many turns went.
     pub async fn turns_clear(&self, user_id: i64) -> Result<usize, StorageError> {
-        self.blocking(move |pools| {
-            Ok(with_conn!(pools, |conn| diesel::delete(
+        self.write(move |conn| {
+            Ok(on_conn!(conn, |conn| diesel::delete(
                 ai_turns::table.filter(ai_turns::user_id.eq(user_id))
             )
             .execute(conn)?))
@@ -524,7 +593,7 @@ impl Storage {
 
     /// Records a job as queued; answers its row (ids grow with time).
     pub async fn job_insert(&self, job: NewJob) -> Result<JobRow, StorageError> {
-        self.blocking(move |pools| {
+        self.write(move |conn| {
             let now = now_millis();
             let id = next_job_id(now);
             let row = JobRow {
@@ -540,7 +609,7 @@ impl Storage {
                 updated_at: now,
                 error: None,
             };
-            with_conn!(pools, |conn| diesel::insert_into(jobs::table)
+            on_conn!(conn, |conn| diesel::insert_into(jobs::table)
                 .values(&row)
                 .execute(conn)?);
             Ok(row)
@@ -568,8 +637,8 @@ impl Storage {
         attempts: i32,
         error: Option<String>,
     ) -> Result<(), StorageError> {
-        self.blocking(move |pools| {
-            with_conn!(pools, |conn| diesel::update(jobs::table.find(id))
+        self.write(move |conn| {
+            on_conn!(conn, |conn| diesel::update(jobs::table.find(id))
                 .set((
                     jobs::status.eq(status),
                     jobs::attempts.eq(attempts),
@@ -584,8 +653,8 @@ impl Storage {
 
     /// Deletes finished jobs last updated before `older_than` (Unix ms).
     pub async fn jobs_purge_finished(&self, older_than: i64) -> Result<usize, StorageError> {
-        self.blocking(move |pools| {
-            Ok(with_conn!(pools, |conn| diesel::delete(
+        self.write(move |conn| {
+            Ok(on_conn!(conn, |conn| diesel::delete(
                 jobs::table
                     .filter(jobs::status.eq_any([job_status::DONE, job_status::FAILED]))
                     .filter(jobs::updated_at.lt(older_than))

@@ -22,8 +22,10 @@ pub(crate) struct NewInbox<'a> {
 }
 
 /// A chat's profile, figures and conversation state.
+/// Saved whole: a field that is `None` is stored as NULL, which also keeps
+/// the upsert's SQL the same every time, so it is prepared once.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, AsChangeset)]
-#[diesel(table_name = users)]
+#[diesel(table_name = users, treat_none_as_null = true)]
 pub struct UserRecord {
     pub user_id: i64,
     pub chat_id: i64,

@@ -375,6 +375,8 @@ async fn ai(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     rig.wait_messages(1, Duration::from_secs(30)).await?;
     let base = rig.fake.total_messages();
     let n = args.ai_users as usize;
+    let cpu_before = rig.cpu_seconds();
+    let own_before = Process::Current.cpu_seconds();
     let started = Instant::now();
     for user in 0..n {
         rig.fake
@@ -382,6 +384,9 @@ async fn ai(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     rig.wait_messages(base + n, Duration::from_secs(300))
         .await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = rig.cpu_seconds() - cpu_before;
+    let own = Process::Current.cpu_seconds() - own_before;
     let mut times: Vec<f64> = rig.fake.all_messages()[base..]
         .iter()
         .map(|m| m.at.duration_since(started).as_secs_f64())
@@ -397,6 +402,10 @@ async fn ai(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         (median - latency.as_secs_f64()) * 1000.0,
         (last - latency.as_secs_f64()) * 1000.0,
         backend.max_in_flight()
+    );
+    println!(
+        "ai: CPU over the {elapsed:.2} s: daemon {cpu:.2} s ({:.0} µs per user), this tool and its fakes {own:.2} s",
+        cpu / n as f64 * 1e6
     );
     // Where the rest goes: from the question to the first call for its
     // chat (intake, journal, session, history), and from the backend's
