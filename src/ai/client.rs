@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use awc::http::StatusCode;
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
@@ -206,18 +206,33 @@ pub async fn complete(
     let mut events = EventReader::default();
     let mut answer = String::new();
     let mut finished = false;
+    // Pieces go to `progress` once nothing more is already there to read:
+    // what arrived together is shown together, and pieces that arrive
+    // with the end of the answer are not previewed at all, since the
+    // final text follows at once.
+    let mut arrived = String::new();
     loop {
-        let chunk = match tokio::time::timeout(backend.timeout, response.next()).await {
-            Err(_) => return Err(truncated_or(answer, AiError::Timeout(backend.timeout))),
-            Ok(None) => break,
-            Ok(Some(Err(err))) => {
+        let item = match response.next().now_or_never() {
+            Some(item) => item,
+            None => {
+                if !arrived.is_empty()
+                    && let Some(progress) = progress
+                {
+                    let _ = progress.send(Progress::Delta(std::mem::take(&mut arrived)));
+                }
+                match tokio::time::timeout(backend.timeout, response.next()).await {
+                    Err(_) => return Err(truncated_or(answer, AiError::Timeout(backend.timeout))),
+                    Ok(item) => item,
+                }
+            }
+        };
+        let chunk = match item {
+            None => break,
+            Some(Err(err)) => {
                 return Err(truncated_or(answer, AiError::Connect(err.to_string())));
             }
-            Ok(Some(Ok(chunk))) => chunk,
+            Some(Ok(chunk)) => chunk,
         };
-        // The pieces of one network chunk go to `progress` together: one
-        // wake-up of the chat's thread for what arrived at once.
-        let mut arrived = String::new();
         for data in events.push(&chunk) {
             if data.trim() == "[DONE]" {
                 finished = true;
@@ -234,16 +249,14 @@ pub async fn complete(
             };
             if let Some(Value::String(piece)) = choice.delta.and_then(|d| d.content) {
                 answer.push_str(&piece);
-                arrived.push_str(&piece);
+                if !finished {
+                    arrived.push_str(&piece);
+                }
             }
             if choice.finish_reason.as_ref().is_some_and(Value::is_string) {
                 finished = true;
+                arrived.clear();
             }
-        }
-        if !arrived.is_empty()
-            && let Some(progress) = progress
-        {
-            let _ = progress.send(Progress::Delta(arrived));
         }
     }
     if finished {

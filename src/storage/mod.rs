@@ -360,6 +360,10 @@ impl Storage {
         .await
     }
 
+    // Single rows are read with `get_result`, not `first`: `first` adds
+    // `LIMIT ?`, and SQLite re-prepares a statement each time a bound
+    // limit is bound again, which made a cached lookup cost a full parse.
+
     // --- inbox ----------------------------------------------------------------
 
     /// Journals updates in one transaction; answers the ids that were not
@@ -433,7 +437,7 @@ impl Storage {
             let done: Option<Option<i64>> = with_conn!(pools, |conn| inbox::table
                 .find(update_id)
                 .select(inbox::done_at)
-                .first(conn)
+                .get_result(conn)
                 .optional()?);
             Ok(matches!(done, Some(Some(_))))
         })
@@ -487,7 +491,7 @@ impl Storage {
             Ok(with_conn!(pools, |conn| users::table
                 .find(user_id)
                 .select(UserRecord::as_select())
-                .first(conn)
+                .get_result(conn)
                 .optional()?))
         })
         .await
@@ -562,7 +566,7 @@ impl Storage {
                 let last: Option<i64> = ai_turns::table
                     .filter(ai_turns::user_id.eq(user_id))
                     .select(diesel::dsl::max(ai_turns::seq))
-                    .first(conn)?;
+                    .get_result(conn)?;
                 diesel::insert_into(ai_turns::table)
                     .values(Turn {
                         user_id,

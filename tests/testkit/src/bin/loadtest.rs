@@ -411,6 +411,15 @@ async fn ai(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     // chat (intake, journal, session, history), and from the backend's
     // answer to the final message (delivery).
     let calls = rig.fake.calls();
+    let mut methods: Vec<(String, usize)> = Vec::new();
+    for call in calls.iter().filter(|c| c.at >= started) {
+        match methods.iter_mut().find(|(m, _)| *m == call.method) {
+            Some((_, n)) => *n += 1,
+            None => methods.push((call.method.clone(), 1)),
+        }
+    }
+    let methods: Vec<String> = methods.iter().map(|(m, n)| format!("{m} {n}")).collect();
+    println!("ai: Bot API calls: {}", methods.join(", "));
     let mut first_call: HashMap<i64, Instant> = HashMap::new();
     for call in &calls {
         if let Some(chat) = call.chat_id
@@ -429,6 +438,40 @@ async fn ai(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             "ai: question to the first call for its chat (intake, journal, session): median {:.0} ms, last {:.0} ms",
             to_first[to_first.len() / 2],
             to_first[to_first.len() - 1]
+        );
+    }
+    // The backend's side: when each chat's request arrived, and how long
+    // its final message took after the backend's answer was due.
+    let asked: HashMap<i64, Instant> = backend
+        .requests()
+        .iter()
+        .filter(|r| r.at >= started)
+        .filter_map(|r| {
+            let user: i64 = r.question().strip_prefix("question ")?.parse().ok()?;
+            Some((8_000_000 + user, r.at))
+        })
+        .collect();
+    let mut to_request: Vec<f64> = asked
+        .values()
+        .map(|at| at.duration_since(started).as_secs_f64() * 1000.0)
+        .collect();
+    let mut delivery: Vec<f64> = rig.fake.all_messages()[base..]
+        .iter()
+        .filter_map(|m| {
+            let due = *asked.get(&m.chat_id)? + latency;
+            Some(m.at.saturating_duration_since(due).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    to_request.sort_by(f64::total_cmp);
+    delivery.sort_by(f64::total_cmp);
+    if !to_request.is_empty() && !delivery.is_empty() {
+        println!(
+            "ai: question to its backend request: median {:.0} ms, last {:.0} ms; \
+             backend's answer to the final message: median {:.0} ms, last {:.0} ms",
+            to_request[to_request.len() / 2],
+            to_request[to_request.len() - 1],
+            delivery[delivery.len() / 2],
+            delivery[delivery.len() - 1],
         );
     }
     // The pool's own share, from the daemon's histograms: time waiting for
