@@ -68,6 +68,10 @@ struct Args {
     /// AI: the fake backend's time per answer.
     #[arg(long, default_value_t = 1_000)]
     ai_latency_ms: u64,
+    /// AI: bursts, one after the other, each of new users: the first meets
+    /// a daemon just started, the later ones a daemon that has run.
+    #[arg(long, default_value_t = 2)]
+    ai_rounds: usize,
     /// Extra environment for the daemon, KEY=VALUE.
     #[arg(long = "env")]
     env: Vec<String>,
@@ -373,14 +377,36 @@ async fn ai(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     // Warm up the connections to both fakes.
     rig.fake.inject_text(9_000_000, "warm up");
     rig.wait_messages(1, Duration::from_secs(30)).await?;
-    let base = rig.fake.total_messages();
     let n = args.ai_users as usize;
+    for round in 0..args.ai_rounds.max(1) {
+        let when = if round == 0 {
+            "the first burst after start"
+        } else {
+            "a later burst, new users"
+        };
+        println!("ai: round {}, {when}", round + 1);
+        ai_round(&rig, &backend, n, latency, round).await?;
+    }
+    Ok(())
+}
+
+/// One burst of `n` new users asking at once, and where its time went.
+async fn ai_round(
+    rig: &Rig,
+    backend: &FakeAi,
+    n: usize,
+    latency: Duration,
+    round: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let first_user = 8_000_000 + (round * n) as i64;
+    let base = rig.fake.total_messages();
+    let metrics_before = rig.metrics().await?;
     let cpu_before = rig.cpu_seconds();
     let own_before = Process::Current.cpu_seconds();
     let started = Instant::now();
-    for user in 0..n {
+    for user in 0..n as i64 {
         rig.fake
-            .inject_text(8_000_000 + user as i64, &format!("question {user}"));
+            .inject_text(first_user + user, &format!("question {}", first_user + user));
     }
     rig.wait_messages(base + n, Duration::from_secs(300))
         .await?;
@@ -447,8 +473,8 @@ async fn ai(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .filter(|r| r.at >= started)
         .filter_map(|r| {
-            let user: i64 = r.question().strip_prefix("question ")?.parse().ok()?;
-            Some((8_000_000 + user, r.at))
+            let chat: i64 = r.question().strip_prefix("question ")?.parse().ok()?;
+            Some((chat, r.at))
         })
         .collect();
     let mut to_request: Vec<f64> = asked
@@ -479,8 +505,11 @@ async fn ai(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     // (connection, request, reading and parsing the stream).
     let metrics = rig.metrics().await?;
     let mean = |name: &str| {
-        let sum = metric_value(&metrics, &format!("{name}_sum"));
-        let count = metric_value(&metrics, &format!("{name}_count"));
+        let delta = |key: String| {
+            metric_value(&metrics, &key) - metric_value(&metrics_before, &key)
+        };
+        let sum = delta(format!("{name}_sum"));
+        let count = delta(format!("{name}_count"));
         if count > 0.0 { sum / count } else { 0.0 }
     };
     println!(
