@@ -6,7 +6,9 @@
 //!
 //! Every database call blocks, so every public operation here is `async` and
 //! runs on the storage's own threads, one per pooled connection: an actor
-//! awaiting one never stalls its event loop. Errors never carry the database password.
+//! awaiting one never stalls its event loop. On SQLite, writes go to one
+//! writer thread instead, which commits them in groups ([`writer`]).
+//! Errors never carry the database password.
 
 mod models;
 mod schema;

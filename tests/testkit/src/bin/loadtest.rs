@@ -405,8 +405,10 @@ async fn ai_round(
     let own_before = Process::Current.cpu_seconds();
     let started = Instant::now();
     for user in 0..n as i64 {
-        rig.fake
-            .inject_text(first_user + user, &format!("question {}", first_user + user));
+        rig.fake.inject_text(
+            first_user + user,
+            &format!("question {}", first_user + user),
+        );
     }
     rig.wait_messages(base + n, Duration::from_secs(300))
         .await?;
@@ -505,9 +507,8 @@ async fn ai_round(
     // (connection, request, reading and parsing the stream).
     let metrics = rig.metrics().await?;
     let mean = |name: &str| {
-        let delta = |key: String| {
-            metric_value(&metrics, &key) - metric_value(&metrics_before, &key)
-        };
+        let delta =
+            |key: String| metric_value(&metrics, &key) - metric_value(&metrics_before, &key);
         let sum = delta(format!("{name}_sum"));
         let count = delta(format!("{name}_count"));
         if count > 0.0 { sum / count } else { 0.0 }
