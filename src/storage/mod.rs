@@ -5,7 +5,7 @@
 //! compiled for each backend by [`with_conn!`], so the two cannot drift.
 //!
 //! Every database call blocks, so every public operation here is `async` and
-//! runs on the storage's own threads, one per pooled connection: an actor
+//! runs on the storage's own threads, at most one per pooled connection: an actor
 //! awaiting one never stalls its event loop. On SQLite, writes go to one
 //! writer thread instead, which commits them in groups ([`writer`]).
 //! Errors never carry the database password.
@@ -263,11 +263,22 @@ impl Storage {
             )),
             Pools::Postgres(_) => None,
         };
+        // PostgreSQL: a thread per connection, since a call mostly waits on
+        // the network and more threads would only wait for a connection.
+        // SQLite: its reads are this process's own CPU work, so threads
+        // beyond twice the cores only queue for them (and each new one
+        // opens a connection of its own first).
+        let threads = match &pools {
+            Pools::Postgres(_) => max as usize,
+            Pools::Sqlite(_) => {
+                let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+                (max as usize).min(2 * cores)
+            }
+        };
         Ok(Storage {
             pools: Arc::new(pools),
             writer,
-            // A thread per connection: more would only wait for one.
-            threads: Arc::new(threads::DbThreads::new(max as usize)),
+            threads: Arc::new(threads::DbThreads::new(threads)),
             description: format!("{description}, pool {min}..{max}").into(),
         })
     }
