@@ -64,6 +64,8 @@ async fn wait_for_text(app: &TestApp, chat: i64, needle: &str) -> String {
 #[actix_rt::test]
 async fn twenty_users_get_streamed_answers_drafts_in_private_edits_in_groups() {
     let ai = fake_ai(40);
+    // Long enough a wait before the first word for "typing…" to show.
+    ai.set_latency(Duration::from_millis(600));
     let app = with_ai(&ai).start().await;
     let private: Vec<i64> = (1..=18).map(|u| 50_000 + u).collect();
     let groups = [-100_501i64, -100_502];

@@ -25,6 +25,12 @@ use crate::telegram::format::{Formatted, markdown};
 use crate::telegram::split::MESSAGE_LIMIT;
 use crate::telegram::{Request, Telegram, TelegramError};
 
+/// How long an answer may take before the chat shows "typing…". Telegram
+/// recommends the action only for replies that take a noticeable time: an
+/// answer from the cache or a quick backend shows without one, and in a
+/// burst the questions reach the backend before the indicators go out.
+const TYPING_AFTER: Duration = Duration::from_millis(300);
+
 /// How fast the answer is shown.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
@@ -65,7 +71,7 @@ pub async fn show_progress(
     let mut mode = if private { Mode::Draft } else { Mode::Edit };
     let mut changed = false;
     let start = Instant::now();
-    let mut next_typing = start;
+    let mut next_typing = start + TYPING_AFTER;
     let mut next_update = start;
     loop {
         let now = Instant::now();
