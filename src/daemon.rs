@@ -126,8 +126,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let ai_arbiter = Arbiter::new();
     let (backend, limits) = ai_settings(&config);
-    let ai_pool =
-        AiPool::start_in_arbiter(&ai_arbiter.handle(), move |_| AiPool::new(backend, limits));
+    let ai_pool = {
+        let workers: Vec<_> = arbiters.iter().map(Arbiter::handle).collect();
+        AiPool::start_in_arbiter(&ai_arbiter.handle(), move |_| {
+            AiPool::new(backend, limits, workers)
+        })
+    };
     let assistant = Assistant::new(ai_pool.clone(), cache.clone(), &config);
     // Filled in once the health checker runs; admin commands before that
     // are told to wait.

@@ -10,12 +10,15 @@
 //! after a 429. Every attempt tells the breaker how the backend did; while
 //! it is open, requests are refused at once and queued ones are failed.
 //!
-//! The pool runs on its own arbiter: its requests are futures on that one
-//! thread, sharing one pooled awc client and the breaker.
+//! The pool decides on its own arbiter; the requests themselves run on the
+//! worker arbiters it is given (the sessions' threads), one after the other
+//! in turn, each with that thread's pooled awc client. A burst of a
+//! thousand connections and streams is then not one thread's work. The
+//! breaker is shared by all of them.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -76,31 +79,44 @@ struct Waiting {
 pub struct AiPool {
     backend: Backend,
     limits: PoolLimits,
-    http: Option<awc::Client>,
+    /// Where requests run; the pool's own arbiter when empty.
+    workers: Vec<actix_rt::ArbiterHandle>,
+    next_worker: usize,
     per_user: HashMap<i64, usize>,
     queue: VecDeque<Waiting>,
-    breaker: Rc<RefCell<CircuitBreaker>>,
+    breaker: Arc<Mutex<CircuitBreaker>>,
     stats: PoolStats,
     last_activity: Option<Instant>,
 }
 
 impl AiPool {
-    pub fn new(backend: Backend, limits: PoolLimits) -> AiPool {
+    /// A pool whose requests run on `workers` (on its own arbiter when
+    /// there are none).
+    pub fn new(
+        backend: Backend,
+        limits: PoolLimits,
+        workers: Vec<actix_rt::ArbiterHandle>,
+    ) -> AiPool {
         let breaker = CircuitBreaker::new(limits.breaker_failures, limits.breaker_cooldown);
         AiPool {
             backend,
             limits,
-            http: None,
+            workers,
+            next_worker: 0,
             per_user: HashMap::new(),
             queue: VecDeque::new(),
-            breaker: Rc::new(RefCell::new(breaker)),
+            breaker: Arc::new(Mutex::new(breaker)),
             stats: PoolStats::default(),
             last_activity: None,
         }
     }
 
+    fn breaker(&self) -> std::sync::MutexGuard<'_, CircuitBreaker> {
+        lock(&self.breaker)
+    }
+
     fn breaker_state(&self) -> BreakerState {
-        self.breaker.borrow().state(Instant::now())
+        self.breaker().state(Instant::now())
     }
 
     fn publish(&self) {
@@ -121,11 +137,37 @@ impl AiPool {
         self.stats.in_flight += 1;
         *self.per_user.entry(ask.user_id).or_default() += 1;
         let user_id = ask.user_id;
-        let http = self.http.clone().unwrap_or_default();
+        let client = ClientSettings::of(&self.backend, &self.limits, self.workers.len());
         let backend = self.backend.clone();
         let breaker = self.breaker.clone();
         let attempts = self.limits.attempts;
-        let work = attempt_all(http, backend, breaker, attempts, ask);
+        let (done, finished) = oneshot::channel();
+        // Built and run on the worker's thread: awc clients and their
+        // futures stay on the thread that made them.
+        let attempt = move || {
+            actix_rt::spawn(async move {
+                let http = client.get();
+                let _ = done.send(attempt_all(http, backend, breaker, attempts, ask).await);
+            });
+        };
+        match self
+            .workers
+            .get(self.next_worker % self.workers.len().max(1))
+        {
+            Some(worker) => {
+                self.next_worker = self.next_worker.wrapping_add(1);
+                // A worker that stopped drops the request, and the asker
+                // hears so below.
+                worker.spawn_fn(attempt);
+            }
+            None => attempt(),
+        }
+        let work = async move {
+            finished.await.unwrap_or((
+                Err(AiError::Connect("the AI request was dropped".into())),
+                0,
+            ))
+        };
         ctx.spawn(
             work.into_actor(self)
                 .map(move |(result, retries), this, ctx| {
@@ -194,7 +236,7 @@ impl AiPool {
 async fn attempt_all(
     http: awc::Client,
     backend: Backend,
-    breaker: Rc<RefCell<CircuitBreaker>>,
+    breaker: Arc<Mutex<CircuitBreaker>>,
     attempts: u32,
     ask: Ask,
 ) -> (Result<String, AiError>, u32) {
@@ -210,7 +252,7 @@ async fn attempt_all(
         if attempt > 1 {
             // Retries pass the breaker too: a backend that went down while
             // this request waited is not hammered further.
-            if let Admission::Refused(retry_in) = breaker.borrow_mut().admit(Instant::now()) {
+            if let Admission::Refused(retry_in) = lock(&breaker).admit(Instant::now()) {
                 return (Err(AiError::Unavailable(retry_in)), attempt - 2);
             }
         }
@@ -221,9 +263,9 @@ async fn attempt_all(
         };
         metrics::AI_REQUEST_SECONDS.observe(started.elapsed().as_secs_f64());
         match &result {
-            Ok(_) => breaker.borrow_mut().succeeded(),
-            Err(err) if err.is_backend_failure() => breaker.borrow_mut().failed(Instant::now()),
-            Err(_) => breaker.borrow_mut().abandoned(),
+            Ok(_) => lock(&breaker).succeeded(),
+            Err(err) if err.is_backend_failure() => lock(&breaker).failed(Instant::now()),
+            Err(_) => lock(&breaker).abandoned(),
         }
         let error = match result {
             Ok(text) => return (Ok(text), attempt - 1),
@@ -253,6 +295,54 @@ async fn attempt_all(
     }
 }
 
+fn lock(breaker: &Mutex<CircuitBreaker>) -> std::sync::MutexGuard<'_, CircuitBreaker> {
+    breaker.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How a thread's client to the backend is built.
+#[derive(Clone, Copy)]
+struct ClientSettings {
+    timeout: Duration,
+    connections: usize,
+}
+
+thread_local! {
+    /// Each worker thread's client, with its pool of keep-alive
+    /// connections, built on its first request. awc clients belong to the
+    /// thread that made them.
+    static CLIENT: RefCell<Option<awc::Client>> = const { RefCell::new(None) };
+}
+
+impl ClientSettings {
+    /// Each of `workers` threads gets its share of the connection limit.
+    fn of(backend: &Backend, limits: &PoolLimits, workers: usize) -> ClientSettings {
+        ClientSettings {
+            timeout: backend.timeout,
+            connections: limits.max_connections.div_ceil(workers.max(1)).max(1),
+        }
+    }
+
+    /// This thread's client, built on first use.
+    fn get(self) -> awc::Client {
+        CLIENT.with(|client| {
+            client
+                .borrow_mut()
+                .get_or_insert_with(|| {
+                    let connector = awc::Connector::new()
+                        .rustls_0_23(std::sync::Arc::new(crate::telegram::client::tls_config()))
+                        .limit(self.connections)
+                        .conn_keep_alive(Duration::from_secs(90))
+                        .timeout(self.timeout.min(Duration::from_secs(10)));
+                    awc::Client::builder()
+                        .connector(connector)
+                        .timeout(self.timeout)
+                        .finish()
+                })
+                .clone()
+        })
+    }
+}
+
 /// 100 ms, 200 ms, 400 ms ... (at most 5 s), each between half and all of it.
 fn backoff(attempt: u32) -> Duration {
     let base = Duration::from_millis(100)
@@ -266,17 +356,6 @@ impl Actor for AiPool {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.limits.queue.max(16));
-        let connector = awc::Connector::new()
-            .rustls_0_23(std::sync::Arc::new(crate::telegram::client::tls_config()))
-            .limit(self.limits.max_connections)
-            .conn_keep_alive(Duration::from_secs(90))
-            .timeout(self.backend.timeout.min(Duration::from_secs(10)));
-        self.http = Some(
-            awc::Client::builder()
-                .connector(connector)
-                .timeout(self.backend.timeout)
-                .finish(),
-        );
         // Publish the breaker's state as it changes with time alone.
         ctx.run_interval(Duration::from_millis(500), |this, _| this.publish());
     }
@@ -304,7 +383,8 @@ impl Handler<Ask> for AiPool {
             self.stats.refused_busy += 1;
             return refused(AiError::Busy);
         }
-        match self.breaker.borrow_mut().admit(Instant::now()) {
+        let admission = self.breaker().admit(Instant::now());
+        match admission {
             Admission::Refused(retry_in) => {
                 self.stats.refused_open += 1;
                 return refused(AiError::Unavailable(retry_in));
@@ -345,7 +425,7 @@ impl Handler<Probe> for AiPool {
         };
         let mut report = ProbeReport::new("ai", health)
             .detail("breaker", state)
-            .detail("breaker_opened", self.breaker.borrow().times_opened())
+            .detail("breaker_opened", self.breaker().times_opened())
             .detail("requests", &self.stats)
             .detail("limit", self.limits.in_flight)
             .detail("backend", &self.backend.url)
