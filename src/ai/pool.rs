@@ -82,6 +82,8 @@ pub struct AiPool {
     /// Where requests run; the pool's own arbiter when empty.
     workers: Vec<actix_rt::ArbiterHandle>,
     next_worker: usize,
+    /// How each worker builds its client.
+    client: ClientSettings,
     per_user: HashMap<i64, usize>,
     queue: VecDeque<Waiting>,
     breaker: Arc<Mutex<CircuitBreaker>>,
@@ -98,11 +100,13 @@ impl AiPool {
         workers: Vec<actix_rt::ArbiterHandle>,
     ) -> AiPool {
         let breaker = CircuitBreaker::new(limits.breaker_failures, limits.breaker_cooldown);
+        let client = ClientSettings::of(&backend, &limits, workers.len());
         AiPool {
             backend,
             limits,
             workers,
             next_worker: 0,
+            client,
             per_user: HashMap::new(),
             queue: VecDeque::new(),
             breaker: Arc::new(Mutex::new(breaker)),
@@ -137,7 +141,7 @@ impl AiPool {
         self.stats.in_flight += 1;
         *self.per_user.entry(ask.user_id).or_default() += 1;
         let user_id = ask.user_id;
-        let client = ClientSettings::of(&self.backend, &self.limits, self.workers.len());
+        let client = self.client;
         let backend = self.backend.clone();
         let breaker = self.breaker.clone();
         let attempts = self.limits.attempts;

@@ -108,9 +108,9 @@ fn write_groups(pool: &SqlitePool, queue: &Receiver<Box<dyn GroupWrite>>) {
         let mut conn = match pool.get() {
             Ok(conn) => conn,
             Err(err) => {
-                let err = StorageError::from(err);
+                let message = err.to_string();
                 for write in group {
-                    write.fail(StorageError::Pool(err.to_string()));
+                    write.fail(StorageError::Pool(message.clone()));
                 }
                 continue;
             }
