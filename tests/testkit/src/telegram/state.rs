@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Telegram's flood limits, as the fake enforces them with 429 answers.
 #[derive(Clone, Debug)]
@@ -162,7 +163,8 @@ pub(crate) struct StoredFile {
 /// and in `wait_until` conditions.
 pub struct FakeState {
     pub(crate) next_update_id: i64,
-    pub(crate) queue: VecDeque<(i64, Value)>,
+    /// Updates as JSON text, written once when queued.
+    pub(crate) queue: VecDeque<(i64, Box<RawValue>)>,
     pub(crate) confirmed_offset: i64,
     pub(crate) poll_generation: u64,
     pub(crate) next_message_id: i64,
@@ -292,8 +294,10 @@ impl FakeState {
         if let Some(object) = update.as_object_mut() {
             object.insert("update_id".into(), Value::from(id));
         }
-        if self.admits(&update) {
-            self.queue.push_back((id, update));
+        if self.admits(&update)
+            && let Ok(text) = serde_json::value::to_raw_value(&update)
+        {
+            self.queue.push_back((id, text));
         }
         id
     }

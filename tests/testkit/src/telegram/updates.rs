@@ -2,6 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 pub(crate) fn now_unix() -> i64 {
@@ -21,12 +22,36 @@ pub(crate) fn user(id: i64) -> Value {
     })
 }
 
-pub(crate) fn chat(id: i64) -> Value {
-    if id < 0 {
-        json!({"id": id, "type": "supergroup", "title": format!("Group {id}")})
-    } else {
-        json!({"id": id, "type": "private", "first_name": format!("User{id}"), "username": format!("user{id}")})
+/// A chat as the fake describes it: negative ids are supergroups, the
+/// others private chats with their user.
+#[derive(Serialize)]
+pub(crate) struct ChatJson {
+    id: i64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+}
+
+impl ChatJson {
+    pub(crate) fn new(id: i64) -> ChatJson {
+        let group = id < 0;
+        ChatJson {
+            id,
+            kind: if group { "supergroup" } else { "private" },
+            title: group.then(|| format!("Group {id}")),
+            first_name: (!group).then(|| format!("User{id}")),
+            username: (!group).then(|| format!("user{id}")),
+        }
     }
+}
+
+pub(crate) fn chat(id: i64) -> Value {
+    serde_json::to_value(ChatJson::new(id)).unwrap_or(Value::Null)
 }
 
 /// The entities Telegram attaches to a text: a leading `/command`.
