@@ -141,16 +141,24 @@ impl Journal {
         let storage = self.storage.clone();
         let rows: Vec<InboxRow> = records.iter().flat_map(|(r, _)| r.clone()).collect();
         let work = async move {
-            let inserted = if rows.is_empty() {
-                Ok(HashSet::new())
-            } else {
-                storage.inbox_insert_new(rows).await
+            // Both go to the storage's writer at once, which commits them in
+            // one transaction: a done mark does not wait for a commit of
+            // records before its own.
+            let insert = async {
+                if rows.is_empty() {
+                    Ok(HashSet::new())
+                } else {
+                    storage.inbox_insert_new(rows).await
+                }
             };
-            let marked = if done.is_empty() {
-                Ok(())
-            } else {
-                storage.inbox_mark_done(done.clone()).await
+            let mark = async {
+                if done.is_empty() {
+                    Ok(())
+                } else {
+                    storage.inbox_mark_done(done.clone()).await
+                }
             };
+            let (inserted, marked) = futures_util::future::join(insert, mark).await;
             (inserted, marked, done)
         };
         ctx.spawn(

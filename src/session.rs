@@ -664,7 +664,7 @@ impl Handler<HandleUpdate> for Session {
                 return self.done(update.update_id);
             }
         };
-        match &parsed.content {
+        match &parsed {
             UpdateContent::Message(message) => self.on_message(&update, message, ctx),
             UpdateContent::StoppedMessageGeneration(stop) => {
                 if !self.stop_generation(stop.draft_id) {

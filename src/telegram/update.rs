@@ -9,12 +9,13 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
-use frankenstein::updates::Update;
+use frankenstein::updates::UpdateContent;
 use serde::Deserialize;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// An update as received: its id, kind and chat, and its JSON text.
@@ -24,6 +25,8 @@ pub struct RawUpdate {
     /// The JSON text, shared: an update passes through several actors.
     pub body: Arc<str>,
     kind: Box<str>,
+    /// Where the content (the value of the kind's field) is in `body`.
+    content: Range<u32>,
     chat_id: Option<i64>,
     /// When this process received it, for update-to-reply latency.
     pub received: Instant,
@@ -34,20 +37,46 @@ impl RawUpdate {
     /// numeric `update_id`.
     pub fn from_json(text: &str) -> Option<RawUpdate> {
         let header: Header = serde_json::from_str(text).ok()?;
+        // The content was borrowed from `text`: its place there.
+        let content = header
+            .content
+            .and_then(|c| {
+                let start = (c.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+                let end = start + c.len();
+                (text.get(start..end) == Some(c)).then_some(start..end)
+            })
+            .and_then(|r| Some(u32::try_from(r.start).ok()?..u32::try_from(r.end).ok()?))
+            .unwrap_or(0..0);
         Some(RawUpdate {
             update_id: header.update_id?,
             body: Arc::from(text),
             kind: header
                 .kind
                 .map_or_else(|| "empty".into(), String::into_boxed_str),
+            content,
             chat_id: header.chat_id,
             received: Instant::now(),
         })
     }
 
-    /// The typed update, or why it could not be read.
-    pub fn parse(&self) -> Result<Update, serde_json::Error> {
-        serde_json::from_str(&self.body)
+    /// The typed content of the update, or why it could not be read.
+    ///
+    /// Only the content's own text is parsed: a message is read straight
+    /// into its type, where reading the whole update would first buffer all
+    /// of it in a generic tree (the update type flattens its content).
+    pub fn parse(&self) -> Result<UpdateContent, serde_json::Error> {
+        let content = self
+            .body
+            .get(self.content.start as usize..self.content.end as usize)
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| serde_json::Error::custom(format!("no content in {}", self.kind)))?;
+        match self.kind() {
+            "message" => serde_json::from_str(content).map(UpdateContent::Message),
+            kind => {
+                let key = serde_json::to_string(kind)?;
+                serde_json::from_str(&format!("{{{key}:{content}}}"))
+            }
+        }
     }
 
     /// The chat the update belongs to: the key its session is found by.
@@ -66,9 +95,10 @@ impl RawUpdate {
 /// What routing needs of an update, read in one pass without building the
 /// rest: its id, the name of its content field, and the chat in it.
 #[derive(Default)]
-struct Header {
+struct Header<'a> {
     update_id: Option<i64>,
     kind: Option<String>,
+    content: Option<&'a str>,
     chat_id: Option<i64>,
 }
 
@@ -116,18 +146,18 @@ impl Content<'_> {
     }
 }
 
-impl<'de> Deserialize<'de> for Header {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Header, D::Error> {
+impl<'de> Deserialize<'de> for Header<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Header<'de>, D::Error> {
         struct HeaderVisitor;
 
         impl<'de> Visitor<'de> for HeaderVisitor {
-            type Value = Header;
+            type Value = Header<'de>;
 
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an update object")
             }
 
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Header, M::Error> {
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Header<'de>, M::Error> {
                 let mut header = Header::default();
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                     if key == "update_id" {
@@ -137,6 +167,7 @@ impl<'de> Deserialize<'de> for Header {
                         header.chat_id = content
                             .and_then(|c| serde_json::from_str::<Content>(c.get()).ok())
                             .and_then(|c| c.chat_id());
+                        header.content = content.map(RawValue::get);
                         header.kind = Some(key.into_owned());
                     } else {
                         map.next_value::<IgnoredAny>()?;
@@ -168,7 +199,24 @@ mod tests {
         })))
         .unwrap();
         assert_eq!(known.kind(), "message");
-        assert!(known.parse().is_ok());
+        match known.parse() {
+            Ok(UpdateContent::Message(message)) => assert_eq!(message.text.as_deref(), Some("hi")),
+            other => panic!("expected the message, got {other:?}"),
+        }
+        let stop = RawUpdate::from_json(&json_text(json!({
+            "update_id": 15,
+            "stopped_message_generation": {"chat": {"id": 5, "type": "private"}, "draft_id": 77}
+        })))
+        .unwrap();
+        match stop.parse() {
+            Ok(UpdateContent::StoppedMessageGeneration(stop)) => assert_eq!(stop.draft_id, 77),
+            other => panic!("expected the stop, got {other:?}"),
+        }
+        let wrong_type = RawUpdate::from_json(&json_text(json!({
+            "update_id": 16, "message": {"message_id": "one", "date": 0, "chat": {"id": 5, "type": "private"}}
+        })))
+        .unwrap();
+        assert!(wrong_type.parse().is_err());
 
         let unknown =
             RawUpdate::from_json(&json_text(json!({"update_id": 11, "brand_new_kind": {}})))

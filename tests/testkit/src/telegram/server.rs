@@ -93,7 +93,10 @@ async fn bot_api(
         }
         return download(token, file_path, &shared);
     }
-    match path.strip_prefix("/bot").and_then(|rest| rest.split_once('/')) {
+    match path
+        .strip_prefix("/bot")
+        .and_then(|rest| rest.split_once('/'))
+    {
         Some((token, method)) if !method.is_empty() && !method.contains('/') => {
             api(token, method, &request, payload, &shared).await
         }
