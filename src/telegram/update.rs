@@ -26,7 +26,7 @@ pub struct RawUpdate {
     pub body: Arc<str>,
     kind: Box<str>,
     /// Where the content (the value of the kind's field) is in `body`.
-    content: Range<u32>,
+    content: Range<usize>,
     chat_id: Option<i64>,
     /// When this process received it, for update-to-reply latency.
     pub received: Instant,
@@ -42,10 +42,9 @@ impl RawUpdate {
             .content
             .and_then(|c| {
                 let start = (c.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
-                let end = start + c.len();
-                (text.get(start..end) == Some(c)).then_some(start..end)
+                let range = start..start + c.len();
+                (text.get(range.clone()) == Some(c)).then_some(range)
             })
-            .and_then(|r| Some(u32::try_from(r.start).ok()?..u32::try_from(r.end).ok()?))
             .unwrap_or(0..0);
         Some(RawUpdate {
             update_id: header.update_id?,
@@ -67,7 +66,7 @@ impl RawUpdate {
     pub fn parse(&self) -> Result<UpdateContent, serde_json::Error> {
         let content = self
             .body
-            .get(self.content.start as usize..self.content.end as usize)
+            .get(self.content.clone())
             .filter(|c| !c.is_empty())
             .ok_or_else(|| serde_json::Error::custom(format!("no content in {}", self.kind)))?;
         match self.kind() {
