@@ -136,10 +136,18 @@ impl Journal {
             return;
         }
         self.writing = true;
-        let records = std::mem::take(&mut self.records);
+        // The rows move on to the writer; each caller's ids stay for its answer.
+        let mut rows = Vec::new();
+        let records: Vec<(Vec<i64>, RecordReply)> = std::mem::take(&mut self.records)
+            .into_iter()
+            .map(|(batch, reply)| {
+                let ids = batch.iter().map(|r| r.update_id).collect();
+                rows.extend(batch);
+                (ids, reply)
+            })
+            .collect();
         let done = std::mem::take(&mut self.done);
         let storage = self.storage.clone();
-        let rows: Vec<InboxRow> = records.iter().flat_map(|(r, _)| r.clone()).collect();
         let work = async move {
             // Both go to the storage's writer at once, which commits them in
             // one transaction: a done mark does not wait for a commit of
@@ -167,12 +175,8 @@ impl Journal {
                     this.writing = false;
                     match inserted {
                         Ok(new) => {
-                            for (rows, reply) in records {
-                                let mine = rows
-                                    .iter()
-                                    .map(|r| r.update_id)
-                                    .filter(|id| new.contains(id))
-                                    .collect();
+                            for (ids, reply) in records {
+                                let mine = ids.into_iter().filter(|id| new.contains(id)).collect();
                                 let _ = reply.send(Ok(mine));
                             }
                         }
