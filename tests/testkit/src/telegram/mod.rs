@@ -91,6 +91,7 @@ impl FakeTelegram {
                 config.flood_limits.clone(),
                 config.record_calls,
             )),
+            webhook_set: Default::default(),
         });
         let data = web::Data::new(shared.clone());
         let webhooks = shared.clone();

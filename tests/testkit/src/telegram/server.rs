@@ -21,12 +21,17 @@ use serde_json::{Map, Value, json};
 use super::state::{BotCommand, Draft, Failure, FakeState, SentMessage, UploadedFile, WebhookInfo};
 use super::updates;
 use crate::wait::Watched;
+use tokio::sync::Notify;
 
 /// What every handler shares.
 pub(crate) struct Shared {
     pub token: String,
     pub bot_id: i64,
     pub state: Watched<FakeState>,
+    /// Wakes the webhook deliverer when a webhook is set. Without one it
+    /// waits here rather than on every change of the state, which would
+    /// cost the fake a thread switch per request.
+    pub webhook_set: Notify,
 }
 
 type Params = Map<String, Value>;
@@ -170,11 +175,15 @@ async fn api(
     // woken by a new message also sees the call that sent it.
     let result = match (scripted, method.eq_ignore_ascii_case("getUpdates")) {
         (None, false) => {
-            return respond(shared.state.update(|s| {
+            let result = shared.state.update(|s| {
                 let result = call(s, shared.bot_id, method, &params, files, at);
                 s.record_call(method, chat_id, status_of(&result), at);
                 result
-            }));
+            });
+            if method.eq_ignore_ascii_case("setWebhook") {
+                shared.webhook_set.notify_one();
+            }
+            return respond(result);
         }
         (None, true) => get_updates(shared, &params).await,
         (Some(error), _) => Err(error),
@@ -812,10 +821,14 @@ pub(crate) async fn deliver_webhooks(shared: Arc<Shared>) {
         .finish();
     let mut backoff = Duration::from_millis(50);
     loop {
+        if shared.state.read(|s| s.webhook.is_none()) {
+            shared.webhook_set.notified().await;
+            continue;
+        }
         let _ = shared
             .state
             .until("webhook work", Duration::from_secs(3600), |s| {
-                s.webhook.is_some() && !s.queue.is_empty()
+                s.webhook.is_none() || !s.queue.is_empty()
             })
             .await;
         let Some((hook, batch)) = shared.state.read(|s| {
