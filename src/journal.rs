@@ -12,8 +12,8 @@
 //! on the journal's event loop.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -28,22 +28,36 @@ use crate::storage::{InboxRow, Storage, StorageError};
 #[rtype(result = "Result<HashSet<i64>, JournalError>")]
 pub struct Record(pub Vec<InboxRow>);
 
-/// Marks an update done: its reply was delivered (or it needs none).
+/// Marks updates done: their replies were delivered (or they need none).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Done(pub i64);
+pub struct Done(pub Vec<i64>);
 
 /// Where sessions send done marks, and the count of replies posted and not
 /// yet ended, which the shutdown waits for. A reply counts until its done
 /// mark is in the journal's mailbox, so a [`Flush`] sent after the count
 /// reaches zero finds it.
 ///
-/// Each mark is sent at once: the window in which a delivered reply has no
-/// mark yet is what a kill -9 turns into a reply sent twice.
+/// Marks made during one turn of an event loop go to the journal as one
+/// message at the end of that turn: under load a session thread ends many
+/// replies in a turn, and a message for each woke the journal's thread for
+/// each. The wait is short on purpose: the window in which a delivered
+/// reply has no mark yet is what a kill -9 turns into a reply sent twice.
 #[derive(Clone)]
 pub struct DoneMarks {
     journal: Addr<Journal>,
     in_flight: Arc<AtomicUsize>,
+    gathered: Arc<Mutex<Gathered>>,
+}
+
+/// Marks waiting for the end of the turn.
+#[derive(Default)]
+struct Gathered {
+    marks: Vec<i64>,
+    /// How many of them ended a reply (counted in `in_flight` until sent).
+    replies: usize,
+    /// A send is scheduled.
+    scheduled: bool,
 }
 
 impl DoneMarks {
@@ -51,6 +65,7 @@ impl DoneMarks {
         DoneMarks {
             journal,
             in_flight: Arc::default(),
+            gathered: Arc::default(),
         }
     }
 
@@ -67,15 +82,54 @@ impl DoneMarks {
     /// A posted reply has ended: delivered or refused for good (`Some`, its
     /// update is done), or failed in a way a replay may fix (`None`).
     pub fn reply_ended(&self, done: Option<i64>) {
-        if let Some(update_id) = done {
-            self.mark(update_id);
+        match done {
+            Some(update_id) => self.gather(update_id, 1),
+            None => {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
         }
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// An update needs no reply, or has had it.
     pub fn mark(&self, update_id: i64) {
-        self.journal.do_send(Done(update_id));
+        self.gather(update_id, 0);
+    }
+
+    fn gathered(&self) -> std::sync::MutexGuard<'_, Gathered> {
+        self.gathered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn gather(&self, update_id: i64, replies: usize) {
+        let mut gathered = self.gathered();
+        gathered.marks.push(update_id);
+        gathered.replies += replies;
+        if gathered.scheduled {
+            return;
+        }
+        gathered.scheduled = true;
+        drop(gathered);
+        // Spawned behind the tasks already ready on this thread's loop.
+        let marks = self.clone();
+        let scheduled = Arbiter::try_current()
+            .is_some_and(|arbiter| arbiter.spawn(async move { marks.send() }));
+        if !scheduled {
+            self.send();
+        }
+    }
+
+    fn send(&self) {
+        let (marks, replies) = {
+            let mut gathered = self.gathered();
+            gathered.scheduled = false;
+            (
+                std::mem::take(&mut gathered.marks),
+                std::mem::take(&mut gathered.replies),
+            )
+        };
+        if !marks.is_empty() {
+            self.journal.do_send(Done(marks));
+        }
+        self.in_flight.fetch_sub(replies, Ordering::SeqCst);
     }
 }
 
@@ -234,7 +288,7 @@ impl Handler<Done> for Journal {
 
     fn handle(&mut self, msg: Done, ctx: &mut Self::Context) {
         self.vitals.active();
-        self.done.push(msg.0);
+        self.done.extend(msg.0);
         self.write(ctx);
     }
 }
