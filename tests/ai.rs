@@ -3,14 +3,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use actorbot::config::Config;
 use actorbot::storage::Storage;
 use actorbot_testkit::openai::{AiFailure, FakeAi, FakeAiConfig};
-use common::{TestApp, TestAppBuilder};
+use common::{TestApp, TestAppBuilder, test_config};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -133,15 +131,7 @@ async fn a_conversation_carries_its_history_until_reset() {
 /// again after the restart, its done mark not yet written; a test about
 /// something else waits this window out before it kills.
 async fn wait_for_done_marks(data_dir: &Path) {
-    let env = HashMap::from([
-        (
-            "CONFIG_DIR".to_string(),
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config").to_string(),
-        ),
-        ("APP_PROFILE".into(), "testing".into()),
-        ("DATA_DIR".into(), data_dir.display().to_string()),
-    ]);
-    let config = Config::load(&env).expect("a valid configuration");
+    let config = test_config(&[("DATA_DIR", data_dir.display().to_string())]);
     let storage = Storage::open(&config).await.expect("the inbox opens");
     let deadline = Instant::now() + WAIT;
     while !storage.inbox_pending().await.expect("reads").is_empty() {

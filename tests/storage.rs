@@ -3,29 +3,15 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use actorbot::config::Config;
 use actorbot::storage::{InboxRow, NewJob, Storage, UserRecord, job_status, now_millis};
-use common::PgDatabase;
-
-fn config(vars: &[(&str, String)]) -> Config {
-    let mut env: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    env.insert(
-        "CONFIG_DIR".into(),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/config").into(),
-    );
-    env.insert("APP_PROFILE".into(), "testing".into());
-    Config::load(&env).expect("a valid configuration")
-}
+use common::{PgDatabase, test_config};
 
 fn sqlite_config() -> Config {
     let dir = common::unique_dir("storage");
-    config(&[("DATA_DIR", dir.display().to_string())])
+    test_config(&[("DATA_DIR", dir.display().to_string())])
 }
 
 fn row(update_id: i64) -> InboxRow {
@@ -183,7 +169,7 @@ async fn postgres_storage() {
     let Some(db) = PgDatabase::create("storage tests") else {
         return;
     };
-    let config = config(&[("DATABASE_URL", db.url.clone())]);
+    let config = test_config(&[("DATABASE_URL", db.url.clone())]);
     exercise(&config).await;
     let storage = Storage::open(&config).await.unwrap();
     assert_eq!(storage.backend(), "postgres");
@@ -191,7 +177,7 @@ async fn postgres_storage() {
 
 #[actix_rt::test]
 async fn an_unreachable_database_is_a_clear_error_without_the_password() {
-    let config = config(&[(
+    let config = test_config(&[(
         "DATABASE_URL",
         "postgres://bot:hunter2@127.0.0.1:1/actorbot".to_string(),
     )]);

@@ -22,6 +22,21 @@ pub const TOKEN: &str = "7000001:TEST-secret_token-abcdef";
 pub const WEBHOOK_SECRET: &str = "hook-secret-123";
 pub const STARTUP: Duration = Duration::from_secs(20);
 
+/// The configuration the daemon under test loads (the `testing` profile),
+/// with `vars` on top: for tests that open its storage themselves.
+pub fn test_config(vars: &[(&str, String)]) -> actorbot::config::Config {
+    let mut env: std::collections::HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    env.insert(
+        "CONFIG_DIR".into(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config").into(),
+    );
+    env.insert("APP_PROFILE".into(), "testing".into());
+    actorbot::config::Config::load(&env).expect("a valid configuration")
+}
+
 pub struct TestAppBuilder {
     env: Vec<(String, String)>,
     flood_limits: Option<FloodLimits>,
