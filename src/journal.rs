@@ -202,58 +202,38 @@ impl Journal {
             .collect();
         let done = std::mem::take(&mut self.done);
         let storage = self.storage.clone();
-        let work = async move {
-            // Both go to the storage's writer at once, which commits them in
-            // one transaction: a done mark does not wait for a commit of
-            // records before its own.
-            let insert = async {
-                if rows.is_empty() {
-                    Ok(HashSet::new())
-                } else {
-                    storage.inbox_insert_new(rows).await
-                }
-            };
-            let mark = async {
-                if done.is_empty() {
-                    Ok(())
-                } else {
-                    storage.inbox_mark_done(done.clone()).await
-                }
-            };
-            let (inserted, marked) = futures_util::future::join(insert, mark).await;
-            (inserted, marked, done)
-        };
-        ctx.spawn(
-            work.into_actor(self)
-                .map(move |(inserted, marked, done), this, ctx| {
-                    this.writing = false;
-                    match inserted {
-                        Ok(new) => {
-                            for (ids, reply) in records {
-                                let mine = ids.into_iter().filter(|id| new.contains(id)).collect();
-                                let _ = reply.send(Ok(mine));
-                            }
-                        }
-                        Err(err) => {
-                            let err = JournalError::from(err);
-                            this.note_failure(&err.0);
-                            for (_, reply) in records {
-                                let _ = reply.send(Err(err.clone()));
-                            }
-                        }
+        // Records and done marks are one write, committed together: a
+        // done mark does not wait for a commit of records before its own.
+        let marks = done.clone();
+        let work = async move { storage.inbox_journal(rows, marks).await };
+        ctx.spawn(work.into_actor(self).map(move |written, this, ctx| {
+            this.writing = false;
+            match written {
+                Ok(new) => {
+                    for (ids, reply) in records {
+                        let mine = ids.into_iter().filter(|id| new.contains(id)).collect();
+                        let _ = reply.send(Ok(mine));
                     }
-                    if let Err(err) = marked {
-                        // Done marks are kept and written again: losing one
-                        // would answer its update twice after a restart.
-                        this.note_failure(&err.to_string());
+                }
+                Err(err) => {
+                    let err = JournalError::from(err);
+                    this.note_failure(&err.0);
+                    for (_, reply) in records {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                    if !done.is_empty() {
+                        // Done marks are kept and written again: losing
+                        // one would answer its update twice after a
+                        // restart.
                         this.done.extend(done);
                         ctx.run_later(RETRY_DELAY, |this, ctx| this.write(ctx));
                         return;
                     }
-                    this.vitals.active();
-                    this.write(ctx);
-                }),
-        );
+                }
+            }
+            this.vitals.active();
+            this.write(ctx);
+        }));
     }
 
     fn note_failure(&mut self, message: &str) {

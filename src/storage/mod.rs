@@ -385,6 +385,23 @@ impl Storage {
         &self,
         rows: Vec<InboxRow>,
     ) -> Result<HashSet<i64>, StorageError> {
+        self.inbox_journal(rows, Vec::new()).await
+    }
+
+    /// Marks updates answered.
+    pub async fn inbox_mark_done(&self, update_ids: Vec<i64>) -> Result<(), StorageError> {
+        self.inbox_journal(Vec::new(), update_ids).await.map(drop)
+    }
+
+    /// Journals updates and marks others answered in one write, which
+    /// commits or fails as a whole; answers the ids of `rows` that were
+    /// not there before. One write rather than two: on SQLite each write
+    /// answered is a wake-up of the thread waiting for it.
+    pub async fn inbox_journal(
+        &self,
+        rows: Vec<InboxRow>,
+        done: Vec<i64>,
+    ) -> Result<HashSet<i64>, StorageError> {
         self.write(move |conn| {
             let now = now_millis();
             on_conn!(conn, |conn| {
@@ -403,23 +420,12 @@ impl Storage {
                         new.insert(row.update_id);
                     }
                 }
-                Ok::<_, StorageError>(new)
-            })
-        })
-        .await
-    }
-
-    /// Marks updates answered.
-    pub async fn inbox_mark_done(&self, update_ids: Vec<i64>) -> Result<(), StorageError> {
-        self.write(move |conn| {
-            let now = now_millis();
-            on_conn!(conn, |conn| {
-                for chunk in update_ids.chunks(500) {
+                for chunk in done.chunks(500) {
                     diesel::update(inbox::table.filter(inbox::update_id.eq_any(chunk)))
                         .set(inbox::done_at.eq(now))
                         .execute(conn)?;
                 }
-                Ok::<_, StorageError>(())
+                Ok::<_, StorageError>(new)
             })
         })
         .await
