@@ -209,9 +209,13 @@ impl Journal {
         ctx.spawn(work.into_actor(self).map(move |written, this, ctx| {
             this.writing = false;
             match written {
-                Ok(new) => {
+                Ok(mut new) => {
+                    // An id is new to the first record that has it: the same
+                    // update recorded twice in one write (a webhook delivery
+                    // retried while the first was being written) is handled
+                    // once.
                     for (ids, reply) in records {
-                        let mine = ids.into_iter().filter(|id| new.contains(id)).collect();
+                        let mine = ids.into_iter().filter(|id| new.remove(id)).collect();
                         let _ = reply.send(Ok(mine));
                     }
                 }

@@ -61,6 +61,26 @@ async fn exercise(config: &Config) {
     assert_eq!(storage.inbox_purge_done(now_millis() + 1).await.unwrap(), 3);
     assert_eq!(storage.inbox_stats().await.unwrap(), (4, 0));
 
+    // One write journals updates (more than one statement takes, one of
+    // them twice, one already there) and marks some of them done.
+    let mut rows: Vec<InboxRow> = (100..2_600).map(row).collect();
+    rows.push(row(100));
+    rows.push(row(5));
+    let new = storage.inbox_journal(rows, vec![100, 2_599]).await.unwrap();
+    assert_eq!(new.len(), 2_500);
+    assert!(new.contains(&100) && new.contains(&2_599) && !new.contains(&5));
+    assert_eq!(storage.inbox_stats().await.unwrap(), (4 + 2_498, 2));
+    assert_eq!(storage.inbox_pending().await.unwrap()[4], row(101));
+    storage
+        .inbox_mark_done((100..2_600).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        storage.inbox_purge_done(now_millis() + 1).await.unwrap(),
+        2_500
+    );
+    assert_eq!(storage.inbox_stats().await.unwrap(), (4, 0));
+
     // Users: upsert and load back.
     assert_eq!(storage.user_load(42).await.unwrap(), None);
     let mut user = UserRecord::new(42, 1_000);
@@ -230,4 +250,28 @@ async fn done_marks_of_ended_replies_are_written_by_the_next_flush() {
         assert!(storage.inbox_is_done(id).await.unwrap(), "{id} not done");
     }
     assert_eq!(pending_ids(&storage).await, vec![4]);
+}
+
+/// The same update recorded twice at about the same time (a webhook
+/// delivery retried while the first is written) is new to one record only,
+/// so it is handled once.
+#[actix_rt::test]
+async fn an_update_recorded_twice_at_once_is_new_once() {
+    use actix::Actor;
+    use actorbot::journal::{Journal, Record};
+
+    let storage = Storage::open(&sqlite_config()).await.expect("opens");
+    let journal = Journal::new(storage.clone()).start();
+    // The first write is under way while the next two records arrive, so
+    // that they share the next write.
+    let first = journal.send(Record((1..=50).map(row).collect()));
+    let second = journal.send(Record((51..=60).map(row).collect()));
+    let third = journal.send(Record((55..=65).map(row).collect()));
+    let (first, second, third) = tokio::join!(first, second, third);
+    let mut answered: Vec<i64> = [first, second, third]
+        .into_iter()
+        .flat_map(|answer| answer.unwrap().unwrap())
+        .collect();
+    answered.sort_unstable();
+    assert_eq!(answered, (1..=65).collect::<Vec<_>>());
 }

@@ -40,6 +40,10 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// How long a caller waits for a free pooled connection.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Inbox rows written by one statement on PostgreSQL: four parameters
+/// each, well within the 65,535 it takes.
+const INSERT_CHUNK: usize = 1000;
+
 /// Milliseconds since the Unix epoch: how times are stored.
 pub fn now_millis() -> i64 {
     SystemTime::now()
@@ -109,6 +113,17 @@ macro_rules! on_conn {
         match $conn {
             Conn::Sqlite($c) => $body,
             Conn::Postgres($c) => $body,
+        }
+    };
+}
+
+/// Marks inbox rows done, on either backend's connection.
+macro_rules! mark_done {
+    ($conn:expr, $update_ids:expr, $now:expr) => {
+        for chunk in $update_ids.chunks(500) {
+            diesel::update(inbox::table.filter(inbox::update_id.eq_any(chunk)))
+                .set(inbox::done_at.eq($now))
+                .execute($conn)?;
         }
     };
 }
@@ -404,29 +419,50 @@ impl Storage {
     ) -> Result<HashSet<i64>, StorageError> {
         self.write(move |conn| {
             let now = now_millis();
-            on_conn!(conn, |conn| {
-                let mut new = HashSet::with_capacity(rows.len());
-                for row in &rows {
-                    let inserted = diesel::insert_into(inbox::table)
-                        .values(NewInbox {
-                            update_id: row.update_id,
-                            chat_id: row.chat_id,
-                            body: &row.body,
-                            received_at: now,
-                        })
-                        .on_conflict_do_nothing()
-                        .execute(conn)?;
-                    if inserted > 0 {
-                        new.insert(row.update_id);
+            fn new_row(row: &InboxRow, received_at: i64) -> NewInbox<'_> {
+                NewInbox {
+                    update_id: row.update_id,
+                    chat_id: row.chat_id,
+                    body: &row.body,
+                    received_at,
+                }
+            }
+            let mut new = HashSet::with_capacity(rows.len());
+            match conn {
+                // In process, a cached one-row statement per update is the
+                // cheapest; a row already there is skipped.
+                Conn::Sqlite(conn) => {
+                    for row in &rows {
+                        let inserted = diesel::insert_into(inbox::table)
+                            .values(new_row(row, now))
+                            .on_conflict_do_nothing()
+                            .execute(conn)?;
+                        if inserted > 0 {
+                            new.insert(row.update_id);
+                        }
                     }
+                    mark_done!(conn, done, now);
                 }
-                for chunk in done.chunks(500) {
-                    diesel::update(inbox::table.filter(inbox::update_id.eq_any(chunk)))
-                        .set(inbox::done_at.eq(now))
-                        .execute(conn)?;
+                // Over the network, one statement and one round trip per
+                // chunk, which answers the ids of the rows it wrote.
+                Conn::Postgres(conn) => {
+                    for chunk in rows.chunks(INSERT_CHUNK) {
+                        let inserted: Vec<i64> = diesel::insert_into(inbox::table)
+                            .values(
+                                chunk
+                                    .iter()
+                                    .map(|row| new_row(row, now))
+                                    .collect::<Vec<_>>(),
+                            )
+                            .on_conflict_do_nothing()
+                            .returning(inbox::update_id)
+                            .get_results(conn)?;
+                        new.extend(inserted);
+                    }
+                    mark_done!(conn, done, now);
                 }
-                Ok::<_, StorageError>(new)
-            })
+            }
+            Ok(new)
         })
         .await
     }
