@@ -42,16 +42,16 @@ async fn exercise(config: &Config) {
 
     // Inbox: duplicates are told apart, pending and done tracked, purge works.
     let new = storage
-        .inbox_insert_new((1..=5).map(row).collect())
+        .inbox_journal((1..=5).map(row).collect(), vec![])
         .await
         .unwrap();
     assert_eq!(new.len(), 5);
     let new = storage
-        .inbox_insert_new((4..=7).map(row).collect())
+        .inbox_journal((4..=7).map(row).collect(), vec![])
         .await
         .unwrap();
     assert_eq!(new, [6, 7].into_iter().collect());
-    storage.inbox_mark_done(vec![1, 2, 6]).await.unwrap();
+    storage.inbox_journal(vec![], vec![1, 2, 6]).await.unwrap();
     assert_eq!(pending_ids(&storage).await, vec![3, 4, 5, 7]);
     assert_eq!(storage.inbox_pending().await.unwrap()[0], row(3));
     assert!(storage.inbox_is_done(2).await.unwrap());
@@ -72,7 +72,7 @@ async fn exercise(config: &Config) {
     assert_eq!(storage.inbox_stats().await.unwrap(), (4 + 2_498, 2));
     assert_eq!(storage.inbox_pending().await.unwrap()[4], row(101));
     storage
-        .inbox_mark_done((100..2_600).collect())
+        .inbox_journal(vec![], (100..2_600).collect())
         .await
         .unwrap();
     assert_eq!(
@@ -165,7 +165,7 @@ async fn exercise(config: &Config) {
             for batch in 0..10 {
                 let base = 1_000 + w * 1_000 + batch * 10;
                 storage
-                    .inbox_insert_new((base..base + 10).map(row).collect())
+                    .inbox_journal((base..base + 10).map(row).collect(), vec![])
                     .await
                     .expect("concurrent insert");
             }

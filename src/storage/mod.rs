@@ -394,20 +394,6 @@ impl Storage {
 
     // --- inbox ----------------------------------------------------------------
 
-    /// Journals updates in one transaction; answers the ids that were not
-    /// there before.
-    pub async fn inbox_insert_new(
-        &self,
-        rows: Vec<InboxRow>,
-    ) -> Result<HashSet<i64>, StorageError> {
-        self.inbox_journal(rows, Vec::new()).await
-    }
-
-    /// Marks updates answered.
-    pub async fn inbox_mark_done(&self, update_ids: Vec<i64>) -> Result<(), StorageError> {
-        self.inbox_journal(Vec::new(), update_ids).await.map(drop)
-    }
-
     /// Journals updates and marks others answered in one write, which
     /// commits or fails as a whole; answers the ids of `rows` that were
     /// not there before. One write rather than two: on SQLite each write
