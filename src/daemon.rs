@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actorbot_actors::registry::{KeyedRegistry, RegistryConfig};
 use actorbot_actors::scheduler::Scheduler;
+use actorbot_actors::supervisor::{Intensity, Strategy, Tree};
 use anyhow::{Context as _, bail};
 
 use crate::ai::reply::Pace;
@@ -163,9 +164,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         mailbox_capacity: config.user_mailbox_capacity,
         ..RegistryConfig::new(config.user_state_timeout(), config.max_user_states)
     };
-    let sessions: Sessions = KeyedRegistry::new(
+    // A session that panics is restarted in place by its group in the
+    // supervision tree: its address and queued updates stay, its record is
+    // restored again. Many sessions crashing at once is systemic, and goes
+    // past the group's intensity.
+    let tree = Tree::new(
+        "actorbot",
+        Strategy::OneForOne,
+        Intensity::new(3, Duration::from_secs(60)),
+        |gave_up| {
+            log::error!(
+                "supervision: giving up on {} ({})",
+                gave_up.actor,
+                gave_up.reason
+            );
+        },
+    );
+    let session_group = tree.group(
+        tree.root(),
+        "sessions",
+        Intensity::new(100, Duration::from_secs(10)),
+    );
+    let sessions: Sessions = KeyedRegistry::supervised(
         registry_config,
         arbiters.iter().map(Arbiter::handle).collect(),
+        &tree,
+        session_group,
         move |chat_id: &i64| Session::new(*chat_id, deps.clone()),
     );
     let router = Router::new(sessions.clone(), journal.clone()).start();

@@ -645,6 +645,10 @@ impl Actor for Session {
     }
 }
 
+/// Restarted in place by the sessions' supervisor; `started` restores the
+/// record from the database again.
+impl actix::Supervised for Session {}
+
 impl Handler<HandleUpdate> for Session {
     type Result = ();
 

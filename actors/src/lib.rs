@@ -11,7 +11,9 @@
 //! - [`probe`]: the [`Probe`](probe::Probe) message every actor answers, the
 //!   figures to answer it with, and a way to probe many actors under a deadline;
 //! - [`scheduler`]: an actor running named periodic jobs without overlap;
-//! - [`breaker`]: a circuit breaker for a dependency that keeps failing.
+//! - [`breaker`]: a circuit breaker for a dependency that keeps failing;
+//! - [`supervisor`]: a supervision tree that restarts actors in place when
+//!   they panic, with OTP's strategies and restart intensity.
 //!
 //! # Keyed registry
 //!
@@ -27,6 +29,9 @@
 //!     // Restore state here with `ctx.wait(...)`: messages wait for it, and
 //!     // the registry never starts a chat before its predecessor has persisted.
 //! }
+//!
+//! // A panic restarts it in place when the registry is supervised.
+//! impl Supervised for Chat {}
 //!
 //! #[derive(Message)]
 //! #[rtype(result = "()")]
@@ -173,3 +178,4 @@ pub mod probe;
 pub mod process;
 pub mod registry;
 pub mod scheduler;
+pub mod supervisor;

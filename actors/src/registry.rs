@@ -73,6 +73,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::probe::{Health, ProbeReport};
+use crate::supervisor::{NodeId, Tree};
 
 /// The arbiter, of `arbiters`, that the child for `key` runs on.
 ///
@@ -152,9 +153,17 @@ where
 
 /// An actor a [`KeyedRegistry`] can own: it runs in a `Context` and answers
 /// [`Retire`] with a [`Persist`]. Implemented for every such actor.
-pub trait Child: Actor<Context = Context<Self>> + Handler<Retire, Result = Persist> {}
+/// It is [`Supervised`](actix::Supervised): in a supervised registry, its
+/// `restarting` resets what a panic may have left half-done.
+pub trait Child:
+    Actor<Context = Context<Self>> + Handler<Retire, Result = Persist> + Supervised + Unpin
+{
+}
 
-impl<A> Child for A where A: Actor<Context = Context<A>> + Handler<Retire, Result = Persist> {}
+impl<A> Child for A where
+    A: Actor<Context = Context<A>> + Handler<Retire, Result = Persist> + Supervised + Unpin
+{
+}
 
 /// Limits of a registry.
 #[derive(Debug, Clone)]
@@ -269,6 +278,8 @@ struct Shared<K, A: Actor> {
     queued: Arc<AtomicUsize>,
     /// Woken whenever the last entry leaves, for `shutdown`.
     drained: Notify,
+    /// The tree and group the children are supervised in, if any.
+    supervision: Option<(Tree, NodeId)>,
 }
 
 struct State<K, A: Actor> {
@@ -314,6 +325,35 @@ where
     where
         F: Fn(&K) -> A + Send + Sync + 'static,
     {
+        Self::build(config, arbiters, None, factory)
+    }
+
+    /// [`KeyedRegistry::new`] with every child a member of `group` in
+    /// `tree` (see [`Tree::group`]): a child that panics is restarted in
+    /// place, with its address and the messages queued for it, and the
+    /// restart is counted on the group.
+    pub fn supervised<F>(
+        config: RegistryConfig,
+        arbiters: Vec<ArbiterHandle>,
+        tree: &Tree,
+        group: NodeId,
+        factory: F,
+    ) -> Self
+    where
+        F: Fn(&K) -> A + Send + Sync + 'static,
+    {
+        Self::build(config, arbiters, Some((tree.clone(), group)), factory)
+    }
+
+    fn build<F>(
+        config: RegistryConfig,
+        arbiters: Vec<ArbiterHandle>,
+        supervision: Option<(Tree, NodeId)>,
+        factory: F,
+    ) -> Self
+    where
+        F: Fn(&K) -> A + Send + Sync + 'static,
+    {
         let arbiters = if arbiters.is_empty() {
             vec![Arbiter::current()]
         } else {
@@ -338,6 +378,7 @@ where
             runtime: Handle::current(),
             queued: Arc::new(AtomicUsize::new(0)),
             drained: Notify::new(),
+            supervision,
         });
         shared.runtime.spawn(sweep_loop(Arc::downgrade(&shared)));
         KeyedRegistry { shared }
@@ -641,10 +682,18 @@ where
         let (tx, rx) = channel::channel(0);
         let factory = Arc::clone(&self.factory);
         let child_key = key.clone();
+        let supervision = self.supervision.clone();
         let started = self.arbiter_for(key).spawn_fn(move || {
             let ctx = Context::with_receiver(rx);
             let actor = factory(&child_key);
-            actix::spawn(ctx.into_future(actor));
+            match supervision {
+                Some((tree, group)) => {
+                    actix::spawn(tree.run_member(group, ctx.into_future(actor)));
+                }
+                None => {
+                    actix::spawn(ctx.into_future(actor));
+                }
+            }
         });
         if !started {
             log::error!("registry arbiter has stopped; a child could not start");
@@ -864,6 +913,15 @@ mod tests {
         }
     }
 
+    impl Supervised for Session {
+        fn restarting(&mut self, _: &mut Context<Self>) {
+            self.seen.clear();
+        }
+    }
+
+    /// A value of this makes the child panic.
+    const POISON: u32 = 666;
+
     #[derive(Message)]
     #[rtype(result = "()")]
     struct Deliver(u32);
@@ -871,6 +929,7 @@ mod tests {
     impl Handler<Deliver> for Session {
         type Result = ();
         fn handle(&mut self, Deliver(value): Deliver, _: &mut Context<Self>) {
+            assert!(value != POISON, "poisoned");
             self.seen.push(value);
             let _ = self.store.events.send(Event::Handled(self.key, value));
         }
@@ -941,6 +1000,53 @@ mod tests {
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    #[actix_rt::test]
+    async fn a_supervised_child_that_panics_restores_and_handles_what_was_queued() {
+        use crate::supervisor::{Backoff, Intensity, Strategy};
+        let (store, mut events) = Store::new();
+        let tree = Tree::new("app", Strategy::OneForOne, Intensity::new(1, HOUR), |_| {})
+            .with_backoff(Backoff {
+                first: Duration::from_millis(1),
+                max: Duration::from_millis(1),
+            });
+        let group = tree.group(tree.root(), "sessions", Intensity::new(10, HOUR));
+        let factory_store = store.clone();
+        let reg = KeyedRegistry::supervised(
+            RegistryConfig::new(HOUR, 100),
+            vec![],
+            &tree,
+            group,
+            move |key: &u32| Session {
+                key: *key,
+                seen: Vec::new(),
+                store: factory_store.clone(),
+            },
+        );
+        for value in [1, POISON, 2] {
+            reg.route(7, Deliver(value)).await.unwrap();
+        }
+        // Restored twice: at the start and after the panic.
+        let mut restored = 0;
+        loop {
+            match events.recv().await {
+                Some(Event::Restored(7, _)) => restored += 1,
+                Some(Event::Handled(7, 2)) => break,
+                Some(_) => {}
+                None => panic!("event channel closed"),
+            }
+        }
+        assert_eq!(restored, 2);
+        assert_eq!(tree.report().children[0].restarts, 1);
+        reg.shutdown().await;
+        let Event::Persisted(_, seen, _) =
+            next_event(&mut events, |e| matches!(e, Event::Persisted(7, ..))).await
+        else {
+            unreachable!()
+        };
+        // What came after the restart; the poisoned message is gone.
+        assert_eq!(seen, vec![2]);
+    }
 
     #[actix_rt::test]
     async fn keeps_per_key_order_across_arbiters_and_concurrent_routers() {

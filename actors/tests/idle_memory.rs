@@ -64,6 +64,8 @@ impl Handler<Hello> for Chat {
     }
 }
 
+impl Supervised for Chat {}
+
 impl Handler<Retire> for Chat {
     type Result = Persist;
     fn handle(&mut self, _: Retire, _: &mut Context<Self>) -> Persist {
