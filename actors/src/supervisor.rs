@@ -707,17 +707,19 @@ where
                 let decision = self.tree.exited(NodeId(*group), message.clone(), now);
                 self.restarts += 1;
                 let delay = self.tree.lock().backoff.delay(self.restarts);
-                match decision {
-                    Decision::Restart { .. } => {
-                        log::error!(
-                            "a member of {} crashed: {message}; restarting it in {}ms",
-                            self.name(),
-                            delay.as_millis()
-                        );
-                        Some(delay)
-                    }
-                    Decision::GiveUp(_) => None,
-                }
+                // A member is never left down, even when its group's
+                // crashes went past the root: its owner (a registry) still
+                // routes to its address. The give-up is reported all the same.
+                let verdict = match decision {
+                    Decision::Restart { .. } => "",
+                    Decision::GiveUp(_) => " (restart intensity exceeded)",
+                };
+                log::error!(
+                    "a member of {} crashed: {message}; restarting it in {}ms{verdict}",
+                    self.name(),
+                    delay.as_millis()
+                );
+                Some(delay)
             }
         }
     }
