@@ -37,6 +37,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::probe::{Health, MailboxFigures, ProbeReport};
+use crate::supervisor::panic_message;
 
 /// Higher runs first.
 pub type Priority = u8;
@@ -618,16 +619,6 @@ fn supervise(shared: Arc<Shared>, reports: mpsc::Receiver<Report>, deaths: mpsc:
             shared.config.name,
             abandoned.len()
         );
-    }
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
     }
 }
 

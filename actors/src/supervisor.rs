@@ -601,17 +601,18 @@ impl Tree {
     /// it names to restart. The runner calls this; it is public so that the
     /// decisions can be tested and shown without actors.
     pub fn exited(&self, node: NodeId, message: String, now: Instant) -> Decision {
-        let decision = self.lock().exited(node.0, message, now);
-        match &decision {
-            Decision::Restart { delay, also } => {
-                let state = self.lock();
-                for worker in also {
-                    if let Some(control) = &state.nodes[worker.0].control {
-                        control.request(*delay);
-                    }
+        let mut state = self.lock();
+        let decision = state.exited(node.0, message, now);
+        if let Decision::Restart { delay, also } = &decision {
+            for worker in also {
+                if let Some(control) = &state.nodes[worker.0].control {
+                    control.request(*delay);
                 }
             }
-            Decision::GiveUp(gave_up) => (self.shared.on_give_up)(gave_up),
+        }
+        drop(state);
+        if let Decision::GiveUp(gave_up) = &decision {
+            (self.shared.on_give_up)(gave_up);
         }
         decision
     }
