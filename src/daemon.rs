@@ -16,9 +16,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actorbot_actors::fault::{self, Faults};
 use actorbot_actors::registry::{KeyedRegistry, RegistryConfig};
 use actorbot_actors::scheduler::Scheduler;
-use actorbot_actors::supervisor::{Intensity, Strategy, Tree};
+use actorbot_actors::supervisor::{GiveUp, Intensity, Strategy, Tree};
 use anyhow::{Context as _, bail};
 
 use crate::ai::reply::Pace;
@@ -45,6 +46,15 @@ use crate::telegram::{BotApi, Endpoint, Telegram, TelegramError};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
+    let faults = Faults::parse(&config.fault_panic, &config.fault_hold)
+        .context("FAULT_PANIC / FAULT_HOLD")?;
+    if fault::install(faults) {
+        log::warn!(
+            "fault injection is on: FAULT_PANIC={:?} FAULT_HOLD={:?}",
+            config.fault_panic,
+            config.fault_hold
+        );
+    }
     let storage = Storage::open(&config)
         .await
         .context("cannot open the database")?;
@@ -70,32 +80,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         log::warn!("could not register the command list: {err}");
     }
 
+    let (tree, gave_up) = supervision_tree(&config);
+    let root = tree.root();
     // Sessions run on these arbiters, each with an outbox shard beside
     // them: a session's replies reach the outbox without crossing threads.
     let arbiters: Vec<Arbiter> = (0..config.user_arbiters())
         .map(|_| Arbiter::new())
         .collect();
-    let limits = Limits::from_config(&config);
-    let global = GlobalLimit::new(&limits);
-    let shard_limits = limits.per_shard(arbiters.len());
-    let shards: Vec<Addr<Outbox>> = arbiters
-        .iter()
-        .map(|arbiter| {
-            let (endpoint, limits, global) =
-                (endpoint.clone(), shard_limits.clone(), global.clone());
-            Outbox::start_in_arbiter(&arbiter.handle(), move |_| {
-                Outbox::shard(endpoint, limits, global)
-            })
-        })
-        .collect();
-    let telegram = Telegram::sharded(shards.clone());
     // The journal has a thread of its own: done marks are written as soon as
     // replies are delivered, not after the outbox's next turn.
     let journal_arbiter = Arbiter::new();
     let journal_storage = storage.clone();
-    let journal = Journal::start_in_arbiter(&journal_arbiter.handle(), move |_| {
+    let journal = tree.start(root, "journal", &journal_arbiter.handle(), move |_| {
         Journal::new(journal_storage)
     });
+    let limits = Limits::from_config(&config);
+    let global = GlobalLimit::new(&limits);
+    let shard_limits = limits.per_shard(arbiters.len());
+    // The shards share nothing a crash could leave in doubt but the global
+    // limit, which is a lock's worth of figures: one for one.
+    let outbox = tree.supervisor(root, "outbox", Strategy::OneForOne, tree_intensity(&config));
+    let shards: Vec<Addr<Outbox>> = arbiters
+        .iter()
+        .enumerate()
+        .map(|(i, arbiter)| {
+            let (endpoint, limits, global) =
+                (endpoint.clone(), shard_limits.clone(), global.clone());
+            tree.start(
+                outbox,
+                format!("outbox shard {i}"),
+                &arbiter.handle(),
+                move |_| Outbox::shard(endpoint, limits, global),
+            )
+        })
+        .collect();
+    let telegram = Telegram::sharded(shards.clone());
     let done_marks = DoneMarks::new(journal.clone());
     let cache = Arc::new(
         open_cache(
@@ -118,18 +137,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Images and PDFs share an event loop; their CPU work runs on the
     // pools' own threads.
     let documents_arbiter = Arbiter::new();
-    let images = ImagePool::start_on(&documents_arbiter.handle(), &config, image_cache.clone())
-        .context("cannot start the image workers")?;
+    let images = {
+        let build = ImagePool::builder(&config, image_cache.clone())
+            .context("cannot start the image workers")?;
+        tree.start(root, "images", &documents_arbiter.handle(), move |_| {
+            build()
+        })
+    };
     let pdf = {
         let jobs = PdfJobs::new(&config, storage.clone(), telegram.clone(), images.clone())
             .context("cannot start the PDF workers")?;
-        PdfJobs::start_in_arbiter(&documents_arbiter.handle(), move |_| jobs)
+        tree.start(root, "pdf", &documents_arbiter.handle(), move |_| jobs)
     };
     let ai_arbiter = Arbiter::new();
     let (backend, limits) = ai_settings(&config);
     let ai_pool = {
         let workers: Vec<_> = arbiters.iter().map(Arbiter::handle).collect();
-        AiPool::start_in_arbiter(&ai_arbiter.handle(), move |_| {
+        tree.start(root, "ai", &ai_arbiter.handle(), move |_| {
             AiPool::new(backend, limits, workers)
         })
     };
@@ -168,22 +192,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // supervision tree: its address and queued updates stay, its record is
     // restored again. Many sessions crashing at once is systemic, and goes
     // past the group's intensity.
-    let tree = Tree::new(
-        "actorbot",
-        Strategy::OneForOne,
-        Intensity::new(3, Duration::from_secs(60)),
-        |gave_up| {
-            log::error!(
-                "supervision: giving up on {} ({})",
-                gave_up.actor,
-                gave_up.reason
-            );
-        },
-    );
     let session_group = tree.group(
-        tree.root(),
+        root,
         "sessions",
-        Intensity::new(100, Duration::from_secs(10)),
+        Intensity::new(
+            config.session_max_restarts,
+            Config::secs(config.supervisor_period),
+        ),
     );
     let sessions: Sessions = KeyedRegistry::supervised(
         registry_config,
@@ -192,7 +207,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         session_group,
         move |chat_id: &i64| Session::new(*chat_id, deps.clone()),
     );
-    let router = Router::new(sessions.clone(), journal.clone()).start();
+    let router_parts = (sessions.clone(), journal.clone());
+    let router = tree.start(root, "router", &Arbiter::current(), move |_| {
+        Router::new(router_parts.0, router_parts.1)
+    });
     match pdf.send(ResumeJobs).await {
         Ok(0) => {}
         Ok(resumed) => log::info!("resumed {resumed} PDF jobs of the previous run"),
@@ -200,7 +218,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     replay(&storage, &router).await?;
 
-    let scheduler = Scheduler::new().start();
+    let scheduler = tree.start(root, "scheduler", &Arbiter::current(), |_| Scheduler::new());
     let cleanup = cleanup::schedule(
         &config,
         storage.clone(),
@@ -226,18 +244,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cache: cache.clone(),
         started,
         webhook: config.webhook_enabled(),
+        tree: tree.clone(),
     };
-    let health = HealthChecker::new(
-        &config,
-        observed.clone(),
-        telegram.clone(),
-        Remotes {
-            telegram: endpoint.clone(),
-            ai_url: config.ai_api_url.clone(),
-            ai_key: config.ai_api_key.expose().to_string(),
-        },
-    )
-    .start();
+    let health = {
+        let checker = HealthChecker::new(
+            &config,
+            observed.clone(),
+            telegram.clone(),
+            Remotes {
+                telegram: endpoint.clone(),
+                ai_url: config.ai_api_url.clone(),
+                ai_key: config.ai_api_key.expose().to_string(),
+            },
+        );
+        tree.start(root, "health", &Arbiter::current(), move |_| checker)
+    };
     let _ = admin.set(AdminDeps {
         health: health.clone(),
         ai_cache: cache.clone(),
@@ -288,22 +309,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         if let Err(err) = api.delete_webhook(&params).await {
             log::warn!("deleteWebhook failed, polling may conflict with a webhook: {err}");
         }
-        let poller = Poller::new(
-            endpoint.clone(),
-            router.clone().recipient(),
-            config.polling_timeout,
-            config.polling_limit,
-        )
-        .start();
+        let poller = {
+            let (endpoint, sink) = (endpoint.clone(), router.clone().recipient());
+            let (timeout, limit) = (config.polling_timeout, config.polling_limit);
+            tree.start(root, "intake", &Arbiter::current(), move |_| {
+                Poller::new(endpoint, sink, timeout, limit)
+            })
+        };
         if let Ok(mut intake) = intake_probe.lock() {
             *intake = Some(poller.clone().recipient());
         }
         Some(poller)
     };
 
-    let signal = wait_for_signal().await;
+    let ended = tokio::select! {
+        signal = wait_for_signal() => {
+            log::info!("{signal} received, shutting down");
+            None
+        }
+        () = gave_up.notified() => {
+            let reason = tree.given_up();
+            let grace = Config::secs(config.supervisor_exit_grace);
+            log::error!(
+                "supervision gave up; /health answers 503; shutting down in {}s",
+                grace.as_secs_f64()
+            );
+            tokio::time::sleep(grace).await;
+            reason
+        }
+    };
+    // From here actors that stop are stopping on purpose.
+    tree.stop();
     let deadline = Instant::now() + config.shutdown_timeout();
-    log::info!("{signal} received, shutting down");
 
     // Intake first: nothing new comes in, and the last offset is confirmed.
     if let Some(poller) = poller {
@@ -352,7 +389,50 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = arbiter.join();
     }
     log::info!("shutdown complete");
-    Ok(())
+    match ended {
+        Some(gave_up) => Err(SupervisionGaveUp(gave_up).into()),
+        None => Ok(()),
+    }
+}
+
+/// The daemon ended because its supervision tree gave up: the process
+/// exits with [`SupervisionGaveUp::EXIT_STATUS`], for its service manager
+/// to start it afresh.
+#[derive(Debug, thiserror::Error)]
+#[error("supervision gave up on {} ({})", .0.actor, .0.reason)]
+pub struct SupervisionGaveUp(pub GiveUp);
+
+impl SupervisionGaveUp {
+    /// EX_SOFTWARE: an internal error, not a configuration one.
+    pub const EXIT_STATUS: u8 = 70;
+}
+
+fn tree_intensity(config: &Config) -> Intensity {
+    Intensity::new(
+        config.supervisor_max_restarts,
+        Config::secs(config.supervisor_period),
+    )
+}
+
+/// The supervision tree, one for one at the root, and what tells the
+/// daemon that it gave up.
+fn supervision_tree(config: &Config) -> (Tree, Arc<tokio::sync::Notify>) {
+    let gave_up = Arc::new(tokio::sync::Notify::new());
+    let notify = gave_up.clone();
+    let tree = Tree::new(
+        "actorbot",
+        Strategy::OneForOne,
+        tree_intensity(config),
+        move |gave_up| {
+            log::error!(
+                "supervision: giving up on {} ({})",
+                gave_up.actor,
+                gave_up.reason
+            );
+            notify.notify_one();
+        },
+    );
+    (tree, gave_up)
 }
 
 /// The answer cache: Redis when `REDIS_URL` is set and reachable, else in

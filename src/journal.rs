@@ -10,6 +10,11 @@
 //! marks that arrive meanwhile gather and go in the next one, so the cost per
 //! update falls as load rises. Database work runs on the storage's threads, never
 //! on the journal's event loop.
+//!
+//! The journal runs supervised. A restart keeps what waits to be written
+//! and the transaction that was under way: its records and done marks are
+//! written again (both writes are idempotent), and the records' callers get
+//! their answer from the second write, with their updates counted as new.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actorbot_actors::fault;
 use actorbot_actors::probe::{Health, Probe, Vitals};
 use tokio::sync::oneshot;
 
@@ -153,12 +159,27 @@ type RecordReply = oneshot::Sender<Result<HashSet<i64>, JournalError>>;
 /// How long a failed write of done marks waits before it is tried again.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
+/// A batch of records waiting for its write, and its caller.
+struct Pending {
+    rows: Vec<InboxRow>,
+    reply: RecordReply,
+    /// Already in a write a restart interrupted: its rows may be in the
+    /// inbox, put there for this caller.
+    retried: bool,
+}
+
+/// The transaction under way.
+struct InWrite {
+    records: Vec<Pending>,
+    done: Vec<i64>,
+}
+
 pub struct Journal {
     storage: Storage,
-    records: Vec<(Vec<InboxRow>, RecordReply)>,
+    records: Vec<Pending>,
     done: Vec<i64>,
     flushes: Vec<oneshot::Sender<()>>,
-    writing: bool,
+    writing: Option<InWrite>,
     failed_writes: u64,
     last_error: Option<(Instant, String)>,
     vitals: Vitals,
@@ -171,7 +192,7 @@ impl Journal {
             records: Vec::new(),
             done: Vec::new(),
             flushes: Vec::new(),
-            writing: false,
+            writing: None,
             failed_writes: 0,
             last_error: None,
             vitals: Vitals::new(0),
@@ -180,7 +201,7 @@ impl Journal {
 
     /// Starts the next transaction if none is running and work is waiting.
     fn write(&mut self, ctx: &mut Context<Self>) {
-        if self.writing {
+        if self.writing.is_some() {
             return;
         }
         if self.records.is_empty() && self.done.is_empty() {
@@ -189,41 +210,46 @@ impl Journal {
             }
             return;
         }
-        self.writing = true;
-        // The rows move on to the writer; each caller's ids stay for its answer.
-        let mut rows = Vec::new();
-        let records: Vec<(Vec<i64>, RecordReply)> = std::mem::take(&mut self.records)
-            .into_iter()
-            .map(|(batch, reply)| {
-                let ids = batch.iter().map(|r| r.update_id).collect();
-                rows.extend(batch);
-                (ids, reply)
-            })
+        // The rows go to the writer; the batches stay here with their
+        // callers until the write ends, so that a restart can redo it.
+        let records = std::mem::take(&mut self.records);
+        let rows: Vec<InboxRow> = records
+            .iter()
+            .flat_map(|r| r.rows.iter().cloned())
             .collect();
         let done = std::mem::take(&mut self.done);
+        let marks = done.clone();
+        self.writing = Some(InWrite { records, done });
+        fault::hit("journal");
         let storage = self.storage.clone();
         // Records and done marks are one write, committed together: a
         // done mark does not wait for a commit of records before its own.
-        let marks = done.clone();
         let work = async move { storage.inbox_journal(rows, marks).await };
         ctx.spawn(work.into_actor(self).map(move |written, this, ctx| {
-            this.writing = false;
+            let Some(InWrite { records, done }) = this.writing.take() else {
+                return;
+            };
             match written {
                 Ok(mut new) => {
                     // An id is new to the first record that has it: the same
                     // update recorded twice in one write (a webhook delivery
                     // retried while the first was being written) is handled
                     // once.
-                    for (ids, reply) in records {
-                        let mine = ids.into_iter().filter(|id| new.remove(id)).collect();
-                        let _ = reply.send(Ok(mine));
+                    for record in records {
+                        let mine = record
+                            .rows
+                            .iter()
+                            .map(|row| row.update_id)
+                            .filter(|id| new.remove(id) || record.retried)
+                            .collect();
+                        let _ = record.reply.send(Ok(mine));
                     }
                 }
                 Err(err) => {
                     let err = JournalError::from(err);
                     this.note_failure(&err.0);
-                    for (_, reply) in records {
-                        let _ = reply.send(Err(err.clone()));
+                    for record in records {
+                        let _ = record.reply.send(Err(err.clone()));
                     }
                     if !done.is_empty() {
                         // Done marks are kept and written again: losing
@@ -249,6 +275,28 @@ impl Journal {
 
 impl Actor for Journal {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // After a restart: what was kept is written at once.
+        self.write(ctx);
+    }
+}
+
+impl Supervised for Journal {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        if let Some(InWrite { records, done }) = self.writing.take() {
+            let newer = std::mem::take(&mut self.records);
+            self.records = records
+                .into_iter()
+                .map(|record| Pending {
+                    retried: true,
+                    ..record
+                })
+                .chain(newer)
+                .collect();
+            self.done.extend(done);
+        }
+    }
 }
 
 impl Handler<Record> for Journal {
@@ -257,7 +305,11 @@ impl Handler<Record> for Journal {
     fn handle(&mut self, msg: Record, ctx: &mut Self::Context) -> Self::Result {
         self.vitals.active();
         let (reply, answer) = oneshot::channel();
-        self.records.push((msg.0, reply));
+        self.records.push(Pending {
+            rows: msg.0,
+            reply,
+            retried: false,
+        });
         self.write(ctx);
         Box::pin(async move {
             answer

@@ -121,7 +121,12 @@ fn main() -> ExitCode {
                 Err(err) => {
                     log::error!("{err:#}");
                     eprintln!("actorbot: {err:#}");
-                    ExitCode::FAILURE
+                    use actorbot::daemon::SupervisionGaveUp;
+                    if err.downcast_ref::<SupervisionGaveUp>().is_some() {
+                        ExitCode::from(SupervisionGaveUp::EXIT_STATUS)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }

@@ -7,13 +7,21 @@
 //! one at a time, in order, so a chat's updates reach its session in order;
 //! when a session's mailbox is full the router waits, and intake with it.
 //!
+//! The router runs supervised. Updates journaled and not yet handed to
+//! their sessions wait in a queue the router's restarts keep: a panic
+//! between the two (after which Telegram's copy of the batch is a duplicate
+//! the journal skips) cannot lose them; the restarted router hands them
+//! over before it takes anything new.
+//!
 //! Updates that name no chat (an unknown kind, a malformed body) are logged
 //! and skipped here; they are still taken, so Telegram does not send them
 //! again.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
+use actorbot_actors::fault;
 use actorbot_actors::probe::{Health, Probe, Vitals};
 use actorbot_actors::registry::{KeyedRegistry, RouteError};
 
@@ -37,11 +45,15 @@ pub struct Replay(pub Vec<RawUpdate>);
 
 pub type Sessions = KeyedRegistry<i64, Session>;
 
+/// Updates taken and not yet in their sessions' mailboxes, oldest first.
+type Undelivered = Arc<Mutex<VecDeque<(i64, RawUpdate)>>>;
+
 pub struct Router {
     sessions: Sessions,
     journal: Addr<Journal>,
     stopping: bool,
     vitals: Vitals,
+    undelivered: Undelivered,
 }
 
 impl Router {
@@ -51,6 +63,7 @@ impl Router {
             journal,
             stopping: false,
             vitals: Vitals::new(0),
+            undelivered: Undelivered::default(),
         }
     }
 }
@@ -83,17 +96,32 @@ fn routable(batch: Vec<RawUpdate>) -> Vec<(i64, RawUpdate)> {
         .collect()
 }
 
-/// Hands updates to their sessions in order, waiting for mailbox room.
-async fn dispatch(sessions: Sessions, updates: Vec<(i64, RawUpdate)>) -> Result<(), HandoffError> {
-    for (chat_id, update) in updates {
+fn lock(undelivered: &Undelivered) -> std::sync::MutexGuard<'_, VecDeque<(i64, RawUpdate)>> {
+    undelivered.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Hands `updates`, after any left undelivered before them, to their
+/// sessions in order, waiting for mailbox room. An update leaves the queue
+/// only once it is in its session's mailbox.
+async fn dispatch(
+    sessions: Sessions,
+    undelivered: Undelivered,
+    updates: Vec<(i64, RawUpdate)>,
+) -> Result<(), HandoffError> {
+    lock(&undelivered).extend(updates);
+    loop {
+        let Some((chat_id, update)) = lock(&undelivered).front().cloned() else {
+            return Ok(());
+        };
         if let Err(RouteError::Closed(_) | RouteError::Full(_)) =
             sessions.route(chat_id, HandleUpdate(update)).await
         {
             // Journaled already: replayed at the next start.
+            lock(&undelivered).clear();
             return Err(HandoffError::ShuttingDown);
         }
+        lock(&undelivered).pop_front();
     }
-    Ok(())
 }
 
 impl Actor for Router {
@@ -101,8 +129,24 @@ impl Actor for Router {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(64);
+        // After a restart: what was taken and not handed over goes first.
+        if !lock(&self.undelivered).is_empty() {
+            let work = dispatch(self.sessions.clone(), self.undelivered.clone(), Vec::new());
+            ctx.wait(work.into_actor(self).map(|result, _, _| {
+                if let Err(err) = result {
+                    log::warn!(
+                        "router: updates taken before a restart wait for the next start: {err}"
+                    );
+                }
+            }));
+        }
     }
 }
+
+/// A restart keeps the undelivered queue and the stopping flag; the batch
+/// being journaled or handed over when it crashed is answered with an error,
+/// and intake offers it again.
+impl Supervised for Router {}
 
 impl Handler<Incoming> for Router {
     type Result = AtomicResponse<Self, Result<(), HandoffError>>;
@@ -123,6 +167,7 @@ impl Handler<Incoming> for Router {
             .collect();
         let journal = self.journal.clone();
         let sessions = self.sessions.clone();
+        let undelivered = self.undelivered.clone();
         let work = async move {
             if rows.is_empty() {
                 return Ok(());
@@ -145,7 +190,11 @@ impl Handler<Incoming> for Router {
                     is_new
                 })
                 .collect();
-            dispatch(sessions, fresh).await
+            lock(&undelivered).extend(fresh);
+            // Journaled and not yet handed over: the case the undelivered
+            // queue is for.
+            fault::hit("router");
+            dispatch(sessions, undelivered, Vec::new()).await
         };
         AtomicResponse::new(Box::pin(work.into_actor(self)))
     }
@@ -156,8 +205,8 @@ impl Handler<Replay> for Router {
 
     fn handle(&mut self, msg: Replay, _: &mut Self::Context) -> Self::Result {
         let updates = routable(msg.0);
-        let sessions = self.sessions.clone();
-        AtomicResponse::new(Box::pin(dispatch(sessions, updates).into_actor(self)))
+        let work = dispatch(self.sessions.clone(), self.undelivered.clone(), updates);
+        AtomicResponse::new(Box::pin(work.into_actor(self)))
     }
 }
 

@@ -7,32 +7,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::TestApp;
-use serde_json::Value;
+use common::{TestApp, find_node, seq_of, unthrottled};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Limits high enough that a test's own bursts are never throttled.
-fn unthrottled(builder: common::TestAppBuilder) -> common::TestAppBuilder {
-    builder
-        .env("ANTI_FLOOD_MESSAGES", 100_000)
-        .env("RATE_LIMIT_PER_USER", 100_000)
-        .env("TELEGRAM_GLOBAL_RATE", 100_000)
-        .env("TELEGRAM_GLOBAL_BURST", 10_000)
-        .env("TELEGRAM_PRIVATE_RATE", 100_000)
-        .env("TELEGRAM_PRIVATE_BURST", 10_000)
-}
-
-/// The number in a reply to `/seq<N>` (answered as an unknown command that
-/// names it), so replies can be matched to the updates they answer.
-fn seq_of(text: &str) -> Option<u64> {
-    let start = text.find("/seq")? + 4;
-    let digits: String = text[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
-}
 
 #[actix_rt::test]
 async fn one_chats_replies_stay_in_order_while_others_chat() {
@@ -72,7 +49,7 @@ async fn an_idle_session_is_saved_and_restored() {
     app.tg.wait_for_messages(901, 2, WAIT).await.unwrap();
     app.wait_for_log("retiring chat_id=901 (Idle)", WAIT).await;
     let (_, actors) = app.get_json("/actors").await;
-    let sessions = find(&actors, "sessions").expect("a sessions node");
+    let sessions = find_node(&actors, "sessions").expect("a sessions node");
     assert!(sessions["details"]["children"]["expired"].as_u64() >= Some(1));
 
     app.tg.inject_text(901, "/stats");
@@ -92,7 +69,7 @@ async fn the_cap_on_live_sessions_holds() {
     }
     app.tg.wait_for_total_messages(60, WAIT).await.unwrap();
     let (_, actors) = app.get_json("/actors").await;
-    let children = &find(&actors, "sessions").expect("sessions")["details"]["children"];
+    let children = &find_node(&actors, "sessions").expect("sessions")["details"]["children"];
     assert!(children["live"].as_u64() <= Some(10), "{children}");
     assert!(children["peak"].as_u64() <= Some(10), "{children}");
     assert!(children["evicted"].as_u64() >= Some(50), "{children}");
@@ -293,9 +270,9 @@ async fn health_actors_and_metrics_answer_as_documented() {
 
     let (status, actors) = app.get_json("/actors").await;
     assert_eq!(status, 200);
-    let sessions = find(&actors, "sessions").expect("sessions node");
+    let sessions = find_node(&actors, "sessions").expect("sessions node");
     assert_eq!(sessions["details"]["children"]["live"], 1, "{sessions}");
-    assert!(find(&actors, "outbox").unwrap()["handled"].as_u64() >= Some(1));
+    assert!(find_node(&actors, "outbox").unwrap()["handled"].as_u64() >= Some(1));
 
     let (status, metrics) = app.get("/metrics").await;
     assert_eq!(status, 200);
@@ -383,15 +360,4 @@ async fn the_daemon_runs_on_postgres_and_replays_after_kill_9() {
         .and_then(|n| n.parse().ok())
         .expect("a message count");
     assert!((2..=27).contains(&messages), "{}", stats.text);
-}
-
-/// Finds a node by name anywhere in a probe tree.
-fn find<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
-    if node["name"] == name {
-        return Some(node);
-    }
-    node["children"]
-        .as_array()?
-        .iter()
-        .find_map(|child| find(child, name))
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use actorbot_testkit::openai::{FakeAi, FakeAiConfig};
 use actorbot_testkit::pdf::extract_text;
 use actorbot_testkit::telegram::SentMessage;
-use common::{TestApp, TestAppBuilder};
+use common::{TestApp, TestAppBuilder, find_node, jpeg};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -242,17 +242,6 @@ async fn three_photos_become_a_two_page_pdf_and_a_polite_error() {
     );
 }
 
-/// The node called `name` in the `/actors` tree.
-fn find_node(node: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
-    if node["name"] == name {
-        return Some(node.clone());
-    }
-    node["children"]
-        .as_array()?
-        .iter()
-        .find_map(|child| find_node(child, name))
-}
-
 /// Photos the image pool has processed (not served from its cache).
 async fn processed_images(app: &TestApp) -> u64 {
     let (_, metrics) = app.get("/metrics").await;
@@ -288,7 +277,7 @@ async fn a_30000_by_30000_image_is_refused_without_decoding() {
 #[actix_rt::test]
 async fn an_injected_worker_panic_is_survived_and_the_job_delivered() {
     let ai = fake_ai();
-    let app = with_ai(&ai).env("FAULT_PDF_PANICS", 1).start().await;
+    let app = with_ai(&ai).env("FAULT_PANIC", "render:1").start().await;
     let user = 74_001;
     exchange(
         &app,
@@ -319,8 +308,8 @@ async fn kill_9_with_jobs_queued_then_restart_delivers_every_report() {
         .data_dir(data_dir.clone())
         .env("PDF_SEMAPHORE_LIMIT", 1)
         .env(
-            "FAULT_PDF_GATE",
-            data_dir.join("gate-never-opened").display(),
+            "FAULT_HOLD",
+            format!("render={}", data_dir.join("gate-never-opened").display()),
         )
         .start()
         .await;
@@ -382,17 +371,6 @@ async fn kill_9_with_jobs_queued_then_restart_delivers_every_report() {
 }
 
 // --- image fixtures, made in code -------------------------------------------
-
-fn jpeg(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
-    });
-    let mut out = Cursor::new(Vec::new());
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
-        .encode_image(&img)
-        .expect("encodes");
-    out.into_inner()
-}
 
 fn png(width: u32, height: u32) -> Vec<u8> {
     let img = image::RgbaImage::from_fn(width, height, |x, _| {

@@ -173,6 +173,7 @@
 #![warn(missing_docs)]
 
 pub mod breaker;
+pub mod fault;
 pub mod pool;
 pub mod probe;
 pub mod process;

@@ -163,6 +163,7 @@ impl Scheduler {
             log::debug!("scheduled job {name} still running; skipping this tick");
             return false;
         }
+        crate::fault::hit("scheduler");
         job.running = true;
         let started = Instant::now();
         job.last_start = Some(started);
@@ -200,6 +201,41 @@ impl Scheduler {
 
 impl Actor for Scheduler {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // After a restart: every job's timer again, from now.
+        let jobs: Vec<(String, Duration)> = self
+            .jobs
+            .iter()
+            .map(|(name, job)| (name.clone(), job.interval))
+            .collect();
+        for (name, interval) in jobs {
+            Self::arm(name, interval, interval, ctx);
+        }
+    }
+}
+
+/// A restart keeps the jobs and their figures, and sets their timers up
+/// again; a run under way when it crashed counts as ended, and whoever
+/// waited for it waits for the next.
+impl Supervised for Scheduler {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        for job in self.jobs.values_mut() {
+            job.running = false;
+        }
+    }
+}
+
+impl Scheduler {
+    /// Runs `name` after `first_after`, then every `interval`.
+    fn arm(name: String, first_after: Duration, interval: Duration, ctx: &mut Context<Self>) {
+        ctx.run_later(first_after, move |act, ctx| {
+            act.start(&name, ctx);
+            ctx.run_interval(interval, move |act, ctx| {
+                act.start(&name, ctx);
+            });
+        });
+    }
 }
 
 impl Handler<Schedule> for Scheduler {
@@ -230,12 +266,7 @@ impl Handler<Schedule> for Scheduler {
                 waiting: Vec::new(),
             },
         );
-        ctx.run_later(first_after, move |act, ctx| {
-            act.start(&name, ctx);
-            ctx.run_interval(interval, move |act, ctx| {
-                act.start(&name, ctx);
-            });
-        });
+        Self::arm(name, first_after, interval, ctx);
         Ok(())
     }
 }

@@ -552,6 +552,7 @@ impl Tree {
                 who: Who::Worker(id.0, control),
                 pause: None,
                 restarts: 0,
+                last_crash: None,
             });
         });
         Addr::new(tx)
@@ -575,6 +576,7 @@ impl Tree {
             who: Who::Member(group.0),
             pause: None,
             restarts: 0,
+            last_crash: None,
         }
     }
 
@@ -659,6 +661,8 @@ where
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
     /// A member's own restarts in a row, for its backoff.
     restarts: u32,
+    /// When the member last crashed.
+    last_crash: Option<Instant>,
 }
 
 /// The text of a panic's payload.
@@ -706,8 +710,20 @@ where
             },
             Who::Member(group) => {
                 let decision = self.tree.exited(NodeId(*group), message.clone(), now);
+                let (backoff, period) = {
+                    let state = self.tree.lock();
+                    (state.backoff, state.nodes[*group].intensity.period)
+                };
+                // Up for a whole period since its last crash: a fresh start.
+                if self
+                    .last_crash
+                    .is_some_and(|at| now.duration_since(at) > period)
+                {
+                    self.restarts = 0;
+                }
+                self.last_crash = Some(now);
                 self.restarts += 1;
-                let delay = self.tree.lock().backoff.delay(self.restarts);
+                let delay = backoff.delay(self.restarts);
                 // A member is never left down, even when its group's
                 // crashes went past the root: its owner (a registry) still
                 // routes to its address. The give-up is reported all the same.
@@ -758,12 +774,7 @@ where
             }
             let polled = catch_unwind(AssertUnwindSafe(|| Pin::new(&mut this.fut).poll(cx)));
             let message = match polled {
-                Ok(Poll::Pending) => {
-                    if let Who::Member(_) = this.who {
-                        this.restarts = 0;
-                    }
-                    return Poll::Pending;
-                }
+                Ok(Poll::Pending) => return Poll::Pending,
                 Ok(Poll::Ready(())) => {
                     if this.tree.stopping() || matches!(this.who, Who::Member(_)) {
                         return Poll::Ready(());

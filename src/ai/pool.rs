@@ -89,6 +89,10 @@ pub struct AiPool {
     breaker: Arc<Mutex<CircuitBreaker>>,
     stats: PoolStats,
     last_activity: Option<Instant>,
+    /// The askers of the requests in flight, by request: here rather than
+    /// in a future of the pool's, so that they are answered after a restart.
+    flying: HashMap<u64, (i64, Reply)>,
+    next_id: u64,
 }
 
 impl AiPool {
@@ -112,6 +116,8 @@ impl AiPool {
             breaker: Arc::new(Mutex::new(breaker)),
             stats: PoolStats::default(),
             last_activity: None,
+            flying: HashMap::new(),
+            next_id: 0,
         }
     }
 
@@ -145,13 +151,22 @@ impl AiPool {
         let backend = self.backend.clone();
         let breaker = self.breaker.clone();
         let attempts = self.limits.attempts;
-        let (done, finished) = oneshot::channel();
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.flying.insert(id, (user_id, reply));
+        let pool = ctx.address();
         // Built and run on the worker's thread: awc clients and their
-        // futures stay on the thread that made them.
+        // futures stay on the thread that made them. The result comes back
+        // as a message, which a restart of the pool does not lose.
         let attempt = move || {
             actix_rt::spawn(async move {
                 let http = client.get();
-                let _ = done.send(attempt_all(http, backend, breaker, attempts, ask).await);
+                let (result, retries) = attempt_all(http, backend, breaker, attempts, ask).await;
+                pool.do_send(Finished {
+                    id,
+                    result,
+                    retries,
+                });
             });
         };
         match self
@@ -160,50 +175,54 @@ impl AiPool {
         {
             Some(worker) => {
                 self.next_worker = self.next_worker.wrapping_add(1);
-                // A worker that stopped drops the request, and the asker
-                // hears so below.
-                worker.spawn_fn(attempt);
+                if !worker.spawn_fn(attempt) {
+                    // A worker that stopped: the asker hears so.
+                    ctx.notify(Finished {
+                        id,
+                        result: Err(AiError::Connect("the AI request was dropped".into())),
+                        retries: 0,
+                    });
+                }
             }
             None => attempt(),
         }
-        let work = async move {
-            finished.await.unwrap_or((
-                Err(AiError::Connect("the AI request was dropped".into())),
-                0,
-            ))
-        };
-        ctx.spawn(
-            work.into_actor(self)
-                .map(move |(result, retries), this, ctx| {
-                    this.stats.in_flight -= 1;
-                    this.stats.retries += u64::from(retries);
-                    if let Some(n) = this.per_user.get_mut(&user_id) {
-                        *n -= 1;
-                        if *n == 0 {
-                            this.per_user.remove(&user_id);
-                        }
-                    }
-                    let outcome = match &result {
-                        Ok(_) => {
-                            this.stats.completed += 1;
-                            "ok"
-                        }
-                        Err(AiError::Cancelled) => {
-                            this.stats.cancelled += 1;
-                            "cancelled"
-                        }
-                        Err(err) => {
-                            this.stats.failed += 1;
-                            err.kind()
-                        }
-                    };
-                    metrics::AI_REQUESTS.with_label_values(&[outcome]).inc();
-                    let _ = reply.send(result);
-                    this.last_activity = Some(Instant::now());
-                    this.next(ctx);
-                }),
-        );
         self.publish();
+    }
+
+    /// A request in flight has ended.
+    fn finished(&mut self, msg: Finished, ctx: &mut Context<Self>) {
+        let Some((user_id, reply)) = self.flying.remove(&msg.id) else {
+            return;
+        };
+        let Finished {
+            result, retries, ..
+        } = msg;
+        self.stats.in_flight -= 1;
+        self.stats.retries += u64::from(retries);
+        if let Some(n) = self.per_user.get_mut(&user_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_user.remove(&user_id);
+            }
+        }
+        let outcome = match &result {
+            Ok(_) => {
+                self.stats.completed += 1;
+                "ok"
+            }
+            Err(AiError::Cancelled) => {
+                self.stats.cancelled += 1;
+                "cancelled"
+            }
+            Err(err) => {
+                self.stats.failed += 1;
+                err.kind()
+            }
+        };
+        metrics::AI_REQUESTS.with_label_values(&[outcome]).inc();
+        let _ = reply.send(result);
+        self.last_activity = Some(Instant::now());
+        self.next(ctx);
     }
 
     /// Starts queued requests while there is room; fails them all while the
@@ -365,10 +384,34 @@ impl Actor for AiPool {
     }
 }
 
+/// The end of a request in flight, from the worker that ran it.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Finished {
+    id: u64,
+    result: Result<String, AiError>,
+    retries: u32,
+}
+
+impl Handler<Finished> for AiPool {
+    type Result = ();
+
+    fn handle(&mut self, msg: Finished, ctx: &mut Self::Context) {
+        self.finished(msg, ctx);
+    }
+}
+
+/// A restart keeps the queue, the requests in flight (they run on the
+/// workers and report back by message) and the breaker: every waiting user
+/// is answered. Only the question being taken when it crashed is refused,
+/// and its user told. `started` sets the timer up again.
+impl Supervised for AiPool {}
+
 impl Handler<Ask> for AiPool {
     type Result = ResponseFuture<Result<String, AiError>>;
 
     fn handle(&mut self, ask: Ask, ctx: &mut Self::Context) -> Self::Result {
+        actorbot_actors::fault::hit("ai");
         log::debug!(
             "ask from user {}: {} in flight, {} queued",
             ask.user_id,

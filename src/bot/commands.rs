@@ -37,6 +37,9 @@ pub const NO_PHOTOS: &str = "Send me one or more photos first, then /pdf to get 
 pub const PDF_BUSY: &str =
     "I am making a lot of PDFs right now and cannot take yours. Please try again in a few minutes.";
 
+/// The answer to a message that made the bot fail every time it tried.
+pub const POISON: &str = "Sorry, something in that message keeps making me fail, so I have set it aside. \
+Please try sending it differently.";
 pub const TRY_AGAIN: &str = "Something went wrong on my side. Please try again in a minute.";
 
 pub fn photo_added(count: usize) -> String {

@@ -133,8 +133,8 @@ pub struct Config {
     pub image_cache_ttl: f64,
     pub image_cache_size: usize,
     pub queue_notice_ahead: usize,
-    pub fault_pdf_panics: u32,
-    pub fault_pdf_gate: String,
+    pub fault_panic: String,
+    pub fault_hold: String,
 
     pub health_interval: f64,
     pub dependency_check_interval: f64,
@@ -163,6 +163,10 @@ pub struct Config {
     pub anti_flood_window: f64,
 
     pub shutdown_timeout: f64,
+    pub supervisor_max_restarts: u32,
+    pub supervisor_period: f64,
+    pub supervisor_exit_grace: f64,
+    pub session_max_restarts: u32,
     pub log_level: String,
 }
 
@@ -255,6 +259,8 @@ impl Config {
         for (name, value) in [
             ("http_timeout", self.http_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
+            ("supervisor_period", self.supervisor_period),
+            ("supervisor_exit_grace", self.supervisor_exit_grace),
             ("telegram_global_rate", self.telegram_global_rate),
             ("telegram_private_rate", self.telegram_private_rate),
             ("telegram_group_per_minute", self.telegram_group_per_minute),
@@ -280,6 +286,11 @@ impl Config {
         }
         for (name, value) in [
             ("telegram_max_connections", self.telegram_max_connections),
+            (
+                "supervisor_max_restarts",
+                self.supervisor_max_restarts as usize,
+            ),
+            ("session_max_restarts", self.session_max_restarts as usize),
             ("outbox_capacity", self.outbox_capacity),
             ("max_concurrent_requests", self.max_concurrent_requests),
             (

@@ -154,6 +154,7 @@ impl HealthChecker {
         if self.checking {
             return;
         }
+        actorbot_actors::fault::hit("health");
         self.checking = true;
         let remote_due = self
             .last_remote_check
@@ -343,6 +344,14 @@ impl Actor for HealthChecker {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.check(ctx);
         ctx.run_interval(self.interval, |this, ctx| this.check(ctx));
+    }
+}
+
+/// A restart keeps the history, the alerts and who waits for the first
+/// round; the round under way is dropped and `started` begins another.
+impl Supervised for HealthChecker {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.checking = false;
     }
 }
 

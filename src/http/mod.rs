@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use actix::Recipient;
 use actix_web::{App, HttpResponse, HttpServer, dev::Server, web};
 use actorbot_actors::probe::{Health, MailboxFigures, Probe, ProbeReport, probe_all};
+use actorbot_actors::supervisor::{NodeReport, Tree};
 use serde_json::json;
 
 use crate::cache::Cache;
@@ -51,6 +52,8 @@ pub struct Observed {
     pub started: Instant,
     /// Intake by webhook: there is no intake actor to probe.
     pub webhook: bool,
+    /// The supervision tree the actors run in.
+    pub tree: Tree,
 }
 
 impl Observed {
@@ -76,13 +79,8 @@ impl Observed {
             .position(|r| r.name == "journal")
             .map_or(reports.len(), |i| i + 1);
         reports.insert(at, outbox);
-        let sessions = self.sessions.report("sessions");
-        let router = reports.iter_mut().find(|r| r.name == "router");
-        match router {
-            Some(router) => router.children.push(sessions),
-            None => reports.push(sessions),
-        }
-        reports
+        reports.push(self.sessions.report("sessions"));
+        supervised(reports, &self.tree.report())
     }
 
     /// The cache's state: degraded while Redis fails (the bot then answers
@@ -199,6 +197,79 @@ pub fn server(
 
 /// One node for the outbox, its shards as children: figures summed, health
 /// the worst of them.
+/// Lays the probe reports out as the supervision tree: each node of the
+/// tree with its actor's figures, its supervision (supervisor, strategy,
+/// intensity, restarts, last crash) and its restarts counted in. Reports of
+/// actors outside the tree stay at the top.
+fn supervised(reports: Vec<ProbeReport>, tree: &NodeReport) -> Vec<ProbeReport> {
+    let in_tree: std::collections::HashSet<&str> = tree
+        .walk()
+        .into_iter()
+        .map(|(node, _)| node.name.as_str())
+        .collect();
+    let mut by_name = std::collections::HashMap::new();
+    let mut order = Vec::new();
+    let mut pending = reports;
+    while let Some(mut report) = pending.pop() {
+        // Children the tree names are placed by the tree; others (a pool's
+        // threads) stay with their report.
+        let (placed, kept) = std::mem::take(&mut report.children)
+            .into_iter()
+            .partition(|child| in_tree.contains(child.name.as_str()));
+        report.children = kept;
+        pending.extend::<Vec<ProbeReport>>(placed);
+        order.push(report.name.clone());
+        by_name.insert(report.name.clone(), report);
+    }
+    let mut top: Vec<ProbeReport> = tree
+        .children
+        .iter()
+        .map(|child| supervised_node(child, &tree.name, &mut by_name))
+        .collect();
+    order.reverse();
+    top.extend(order.into_iter().filter_map(|name| by_name.remove(&name)));
+    top
+}
+
+fn supervised_node(
+    node: &NodeReport,
+    supervisor: &str,
+    reports: &mut std::collections::HashMap<String, ProbeReport>,
+) -> ProbeReport {
+    let mut report = reports
+        .remove(&node.name)
+        .unwrap_or_else(|| ProbeReport::new(node.name.clone(), Health::Healthy));
+    if !node.children.is_empty() {
+        report.children = node
+            .children
+            .iter()
+            .map(|child| supervised_node(child, &node.name, reports))
+            .collect();
+    }
+    report.restarts += node.restarts;
+    if node.kind == "supervisor" {
+        report.restarts += report.children.iter().map(|c| c.restarts).sum::<u64>();
+    }
+    if node.given_up {
+        report.health = Health::Unhealthy(format!(
+            "left down: restarted past its intensity ({} in {}s)",
+            node.intensity.max_restarts,
+            node.intensity.period.as_secs_f64()
+        ));
+    }
+    let supervision = json!({
+        "supervisor": supervisor,
+        "kind": node.kind,
+        "strategy": node.strategy,
+        "intensity": node.intensity,
+        "restarts": node.restarts,
+        "last_crash": node.last_crash,
+        "given_up": node.given_up,
+    });
+    report.details.insert("supervision".into(), supervision);
+    report
+}
+
 fn outbox_node(shards: Vec<ProbeReport>) -> ProbeReport {
     let mut node = ProbeReport::new("outbox", worst(&shards)).detail("shards", shards.len());
     for shard in &shards {
@@ -239,7 +310,18 @@ fn status_word(health: &Health) -> &'static str {
 async fn health(observed: web::Data<Observed>) -> HttpResponse {
     let (reports, (db_health, db)) = tokio::join!(observed.probe(), observed.database());
     let (cache_health, cache) = observed.cache_state();
-    let overall = worst(&reports).worst(db_health).worst(cache_health);
+    let gave_up = observed.tree.given_up();
+    let supervision = match &gave_up {
+        Some(gave_up) => Health::Unhealthy(format!(
+            "supervision gave up on {} ({}); the daemon is shutting down",
+            gave_up.actor, gave_up.reason
+        )),
+        None => Health::Healthy,
+    };
+    let overall = worst(&reports)
+        .worst(db_health)
+        .worst(cache_health)
+        .worst(supervision.clone());
     let actors: Vec<_> = flatten(&reports)
         .into_iter()
         .map(|r| json!({"name": r.name, "health": r.health}))
@@ -248,6 +330,10 @@ async fn health(observed: web::Data<Observed>) -> HttpResponse {
         "status": status_word(&overall),
         "uptime_s": observed.started.elapsed().as_secs(),
         "actors": actors,
+        "supervision": {
+            "health": supervision,
+            "given_up": gave_up.map(|g| json!({"actor": g.actor, "reason": g.reason})),
+        },
         "dependencies": {"database": db, "cache": cache},
     });
     let mut response = match overall {
@@ -269,8 +355,21 @@ fn flatten(reports: &[ProbeReport]) -> Vec<&ProbeReport> {
 async fn actors(observed: web::Data<Observed>) -> HttpResponse {
     let reports = observed.probe().await;
     let health = worst(&reports);
-    let mut root = ProbeReport::new("actorbot", health)
-        .detail("uptime_s", observed.started.elapsed().as_secs());
+    let tree = observed.tree.report();
+    let mut root = ProbeReport::new(tree.name.clone(), health)
+        .detail("uptime_s", observed.started.elapsed().as_secs())
+        .detail(
+            "supervision",
+            json!({
+                "kind": tree.kind,
+                "strategy": tree.strategy,
+                "intensity": tree.intensity,
+                "restarts": tree.restarts,
+                "last_crash": tree.last_crash,
+                "given_up": tree.given_up,
+            }),
+        );
+    root.restarts = tree.restarts;
     root.children = reports;
     HttpResponse::Ok().json(root)
 }

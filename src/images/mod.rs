@@ -102,12 +102,12 @@ pub struct ImagePool {
 }
 
 impl ImagePool {
-    /// Starts the pool's threads and the actor on `arbiter`.
-    pub fn start_on(
-        arbiter: &ArbiterHandle,
+    /// Starts the pool's threads, and answers what makes the actor on the
+    /// thread it is to run on (its Bot API client is bound to that thread).
+    pub fn builder(
         config: &Config,
         cache: Arc<Cache>,
-    ) -> std::io::Result<Addr<ImagePool>> {
+    ) -> std::io::Result<impl FnOnce() -> ImagePool + Send + 'static> {
         let pool = WorkerPool::new(PoolConfig {
             name: "images".into(),
             workers: config.worker_threads(),
@@ -121,15 +121,14 @@ impl ImagePool {
         };
         let endpoint = Endpoint::new(config);
         let temp_dir = config.temp_dir();
-        // The Bot API client is bound to a thread: made on the arbiter's.
-        Ok(ImagePool::start_in_arbiter(arbiter, move |_| ImagePool {
+        Ok(move || ImagePool {
             api: endpoint.client(),
             pool,
             cache,
             limits,
             temp_dir,
             processed: Arc::default(),
-        }))
+        })
     }
 }
 
@@ -145,10 +144,16 @@ impl Actor for ImagePool {
     }
 }
 
+/// A restart keeps the pool and its threads; the photos being prepared go
+/// on in their own tasks. Only the request being taken when it crashed is
+/// refused.
+impl Supervised for ImagePool {}
+
 impl Handler<Prepare> for ImagePool {
     type Result = ResponseFuture<Result<Prepared, PhotoError>>;
 
     fn handle(&mut self, msg: Prepare, _: &mut Self::Context) -> Self::Result {
+        actorbot_actors::fault::hit("images");
         let api = self.api.clone();
         let pool = self.pool.clone();
         let cache = self.cache.clone();

@@ -7,6 +7,9 @@
 //! `retry_after`, a 409 (another instance or a webhook) is logged loudly and
 //! retried. The offset only moves past updates the router has taken, so an
 //! update is never confirmed to Telegram before it is safe.
+//!
+//! The poller runs supervised: restarted after a panic, it polls again from
+//! the offset it had confirmed.
 
 use std::time::Duration;
 
@@ -14,6 +17,7 @@ use actix::prelude::*;
 use rand::Rng;
 use tokio::sync::oneshot;
 
+use actorbot_actors::fault;
 use actorbot_actors::probe::{Health, Probe, ProbeReport};
 
 use super::{HandoffError, Incoming, allowed_updates};
@@ -102,6 +106,9 @@ impl Poller {
         if values.is_empty() {
             return self.poll(ctx);
         }
+        // A panic here loses nothing: the batch is not confirmed, and the
+        // restarted poller asks for it again.
+        fault::hit("intake");
         let mut max_id = None;
         let mut updates = Vec::with_capacity(values.len());
         for value in values {
@@ -236,7 +243,21 @@ impl Actor for Poller {
             self.timeout,
             self.limit
         );
-        self.poll(ctx);
+        if self.stopping.is_empty() {
+            self.poll(ctx);
+        } else {
+            self.confirm_and_stop(ctx);
+        }
+    }
+}
+
+/// A restart keeps the offset (nothing past it was confirmed, so nothing
+/// is lost) and the callers waiting for a stop; the call or hand-off under
+/// way is dropped, and the batch it held comes again from Telegram.
+impl Supervised for Poller {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.current = None;
+        self.stage = Stage::Waiting;
     }
 }
 

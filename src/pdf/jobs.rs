@@ -11,10 +11,11 @@
 //! so a one-page report does not wait behind a forty-page one.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actorbot_actors::fault;
 use actorbot_actors::pool::{
     Failure, JobError, JobHandle, PoolConfig, Position, SubmitError, WorkerPool,
 };
@@ -148,10 +149,6 @@ struct Shared {
     pool: WorkerPool,
     limits: ReportLimits,
     action_every: Duration,
-    /// Renders left to fail on purpose, and a file renders wait for (fault
-    /// injection for tests).
-    injected_panics: AtomicU32,
-    injected_gate: Option<std::path::PathBuf>,
 }
 
 pub struct PdfJobs {
@@ -186,9 +183,6 @@ impl PdfJobs {
                     max_pages: config.max_report_pages,
                 },
                 action_every: Config::secs(config.typing_interval),
-                injected_panics: AtomicU32::new(config.fault_pdf_panics),
-                injected_gate: (!config.fault_pdf_gate.is_empty())
-                    .then(|| config.fault_pdf_gate.clone().into()),
             }),
             running: 0,
             delivered: 0,
@@ -243,16 +237,17 @@ impl Handler<Finished> for PdfJobs {
 }
 
 impl Handler<SubmitJob> for PdfJobs {
-    type Result = ResponseActFuture<Self, Result<Accepted, Refused>>;
+    type Result = ResponseFuture<Result<Accepted, Refused>>;
 
-    fn handle(&mut self, msg: SubmitJob, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: SubmitJob, ctx: &mut Self::Context) -> Self::Result {
+        fault::hit("pdf");
         // Refuse before writing anything when the queue is already full.
         let stats = self.shared.pool.stats();
         if stats.queued >= stats.capacity {
             metrics::DOCUMENT_JOBS
                 .with_label_values(&[msg.spec.kind(), "busy"])
                 .inc();
-            return Box::pin(fut::ready(Err(Refused::Busy)));
+            return Box::pin(std::future::ready(Err(Refused::Busy)));
         }
         let storage = self.shared.storage.clone();
         let priority = priority(msg.admin, msg.spec.pages());
@@ -265,37 +260,54 @@ impl Handler<SubmitJob> for PdfJobs {
             payload,
         };
         let spec = msg.spec;
-        Box::pin(
-            async move { storage.job_insert(new).await }
-                .into_actor(self)
-                .then(move |inserted, this, ctx| {
-                    let (reply, answer) = oneshot::channel();
-                    match inserted {
-                        Ok(row) => {
-                            log::info!(
-                                "job {} accepted: kind={} chat_id={} priority={}",
-                                row.id,
-                                row.kind,
-                                row.chat_id,
-                                row.priority
-                            );
-                            this.launch(row, spec, Some(reply), ctx);
-                        }
-                        Err(err) => {
-                            log::warn!("could not record a job: {err}");
-                            let _ = reply.send(Err(Refused::Storage(err.to_string())));
-                        }
-                    }
-                    async move {
-                        answer
-                            .await
-                            .unwrap_or(Err(Refused::Storage("the job ended early".into())))
-                    }
-                    .into_actor(this)
-                }),
-        )
+        let me = ctx.address();
+        // Off the actor: the insert and the wait for the job's first answer
+        // do not hold its mailbox, and a restart of the actor loses neither
+        // (the launch is a message in its mailbox).
+        Box::pin(async move {
+            let row = match storage.job_insert(new).await {
+                Ok(row) => row,
+                Err(err) => {
+                    log::warn!("could not record a job: {err}");
+                    return Err(Refused::Storage(err.to_string()));
+                }
+            };
+            log::info!(
+                "job {} accepted: kind={} chat_id={} priority={}",
+                row.id,
+                row.kind,
+                row.chat_id,
+                row.priority
+            );
+            let (reply, answer) = oneshot::channel();
+            me.do_send(Launch { row, spec, reply });
+            answer
+                .await
+                .unwrap_or(Err(Refused::Storage("the job ended early".into())))
+        })
     }
 }
+
+/// A recorded job to run, and the submitter waiting for its place.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Launch {
+    row: JobRow,
+    spec: JobSpec,
+    reply: oneshot::Sender<Result<Accepted, Refused>>,
+}
+
+impl Handler<Launch> for PdfJobs {
+    type Result = ();
+
+    fn handle(&mut self, msg: Launch, ctx: &mut Self::Context) {
+        self.launch(msg.row, msg.spec, Some(msg.reply), ctx);
+    }
+}
+
+/// A restart keeps everything: the jobs run in tasks of their own and in
+/// the pool's threads, and report back by message.
+impl Supervised for PdfJobs {}
 
 impl Handler<ResumeJobs> for PdfJobs {
     type Result = ResponseActFuture<Self, usize>;
@@ -554,9 +566,8 @@ async fn submit(
         } => {
             let request = report_request(user_name, generated_at, exchanges);
             let limits = shared.limits;
-            let faults = shared.clone();
             shared.pool.submit(priority, move || {
-                faults.maybe_panic();
+                render_faults();
                 render_report(&request, &limits).map_err(Failure::Fatal)
             })
         }
@@ -579,9 +590,8 @@ async fn submit(
                     height: prepared.height,
                 });
             }
-            let faults = shared.clone();
             shared.pool.submit(priority, move || {
-                faults.maybe_panic();
+                render_faults();
                 render_album(&pages).map_err(Failure::Fatal)
             })
         }
@@ -591,23 +601,11 @@ async fn submit(
     })
 }
 
-impl Shared {
-    /// Injected faults: waits for the gate file first when there is one (a
-    /// render held back keeps jobs queued), then panics while panics are left, so the supervisor's
-    /// restart and the job's retry are visible to tests and operators.
-    fn maybe_panic(&self) {
-        if let Some(gate) = &self.injected_gate {
-            while !gate.exists() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let left = self
-            .injected_panics
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if left.is_ok() {
-            panic!("injected fault: a PDF worker panics (fault_pdf_panics)");
-        }
-    }
+/// The fault points of a render (see [`actorbot_actors::fault`]): it may
+/// be held back, keeping jobs queued, or panic on its worker thread.
+fn render_faults() {
+    fault::hold("render");
+    fault::hit("render");
 }
 
 /// Waits for the rendering while showing "sending a file…" in the chat.

@@ -30,9 +30,30 @@ pub enum TelegramError {
         status: u16,
         message: String,
     },
-    /// A refusal by the bot itself before anything was sent.
+    /// A refusal by the bot itself before anything was sent, for good (an
+    /// empty text, a body that cannot be encoded).
     #[error("{method}: {message}")]
     Refused { method: String, message: String },
+    /// The outbox could not take or finish the request now (full, or
+    /// restarting after a crash): nothing was sent, and the same request
+    /// may be posted again shortly.
+    #[error("{method}: {message}")]
+    Unavailable { method: String, message: String },
+}
+
+/// How a failed send is answered: the one classification every reply's
+/// delivery goes by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Inside the daemon and passing (the outbox full or restarting):
+    /// post the same reply again.
+    Local,
+    /// On the network or at Telegram (no answer, 5xx, floods past the
+    /// retries): a replay may succeed.
+    Transient,
+    /// For good, for this chat (a blocked bot, a chat that is gone, a
+    /// request Telegram rejects): sending again would fail the same way.
+    Permanent,
 }
 
 impl TelegramError {
@@ -52,11 +73,22 @@ impl TelegramError {
 
     /// Whether the same request may succeed if sent again later.
     pub fn is_transient(&self) -> bool {
-        match self {
+        self.class() == FailureClass::Transient
+    }
+
+    /// How a reply that failed this way is answered.
+    pub fn class(&self) -> FailureClass {
+        let transient = match self {
+            TelegramError::Unavailable { .. } => return FailureClass::Local,
             TelegramError::Transport { .. } => true,
             TelegramError::Api { error_code, .. } => *error_code >= 500 || *error_code == 429,
             TelegramError::Decode { status, .. } => *status >= 500,
             TelegramError::Refused { .. } => false,
+        };
+        if transient {
+            FailureClass::Transient
+        } else {
+            FailureClass::Permanent
         }
     }
 
@@ -80,6 +112,7 @@ impl TelegramError {
             TelegramError::Transport { .. } => "transport",
             TelegramError::Decode { .. } => "decode",
             TelegramError::Refused { .. } => "refused",
+            TelegramError::Unavailable { .. } => "unavailable",
         }
     }
 }

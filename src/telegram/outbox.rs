@@ -361,6 +361,9 @@ pub struct Outbox {
     global: Arc<GlobalLimit>,
     wake_at: Option<Instant>,
     stats: OutboxStats,
+    /// The request in flight for each chat that has one: kept here, not in
+    /// the send's future, so that a restart can queue it again.
+    flying: HashMap<i64, Job>,
 }
 
 impl Outbox {
@@ -377,6 +380,7 @@ impl Outbox {
             waiting: BinaryHeap::new(),
             wake_at: None,
             stats: OutboxStats::default(),
+            flying: HashMap::new(),
         }
     }
 
@@ -494,21 +498,24 @@ impl Outbox {
         };
         self.stats.in_flight += 1;
         let request = job.request.clone();
+        self.flying.insert(chat_id, job);
         ctx.spawn(
             request
                 .perform(api)
                 .into_actor(self)
-                .map(move |result, act, ctx| act.complete(chat_id, job, result, ctx)),
+                .map(move |result, act, ctx| act.complete(chat_id, result, ctx)),
         );
     }
 
     fn complete(
         &mut self,
         chat_id: i64,
-        mut job: Job,
         result: Result<Delivered, TelegramError>,
         ctx: &mut Context<Self>,
     ) {
+        let Some(mut job) = self.flying.remove(&chat_id) else {
+            return;
+        };
         self.stats.in_flight -= 1;
         let now = Instant::now();
         match result {
@@ -614,12 +621,42 @@ impl Actor for Outbox {
         self.api = Some(self.endpoint.client());
         ctx.set_mailbox_capacity(4096);
         ctx.run_interval(LANE_SWEEP_INTERVAL, |act, _| act.sweep_lanes());
+        // After a restart: the lanes that hold work are scheduled afresh.
+        let now = Instant::now();
+        let chats: Vec<i64> = self.lanes.keys().copied().collect();
+        for chat_id in chats {
+            self.schedule(chat_id, now);
+        }
+        self.pump(ctx);
         log::info!(
             "outbox started: {} msg/s global, {} msg/s per private chat, {} msg/min per group",
             self.limits.global_rate,
             self.limits.private_rate,
             self.limits.group_rate * 60.0
         );
+    }
+}
+
+/// A restart keeps every lane, its queue and its bucket; the requests in
+/// flight when it crashed go back to the front of their lanes and are sent
+/// again (one of them may then reach its chat twice). The timers are
+/// rebuilt in `started`.
+impl Supervised for Outbox {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        for (chat_id, job) in std::mem::take(&mut self.flying) {
+            if let Some(lane) = self.lanes.get_mut(&chat_id) {
+                lane.queue.push_front(job);
+                self.stats.queued += 1;
+            }
+        }
+        for lane in self.lanes.values_mut() {
+            lane.busy = false;
+            lane.scheduled = false;
+        }
+        self.ready.clear();
+        self.waiting.clear();
+        self.wake_at = None;
+        self.stats.in_flight = 0;
     }
 }
 
@@ -646,6 +683,7 @@ impl Outbox {
         reply: DeliveryReply,
         ctx: &mut Context<Self>,
     ) {
+        actorbot_actors::fault::hit("outbox");
         let count = requests.len();
         if count == 0 {
             let _ = reply.send(Ok(Vec::new()));
@@ -653,7 +691,7 @@ impl Outbox {
         }
         if self.stats.queued + count > self.limits.capacity {
             let method = requests[0].method().to_string();
-            let _ = reply.send(Err(TelegramError::Refused {
+            let _ = reply.send(Err(TelegramError::Unavailable {
                 method,
                 message: "the outbox is full".into(),
             }));
@@ -687,7 +725,7 @@ impl Outbox {
 
 /// What a caller gets when the outbox went away before answering.
 pub fn outbox_stopped() -> TelegramError {
-    TelegramError::Refused {
+    TelegramError::Unavailable {
         method: "deliver".into(),
         message: "the outbox stopped".into(),
     }

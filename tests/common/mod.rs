@@ -436,3 +436,48 @@ pub fn redis_url(test: &str) -> Option<String> {
         }
     }
 }
+
+/// The node called `name` anywhere in an `/actors` tree.
+pub fn find_node<'a>(node: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    if node["name"] == name {
+        return Some(node);
+    }
+    node["children"]
+        .as_array()?
+        .iter()
+        .find_map(|child| find_node(child, name))
+}
+
+/// Limits high enough that a test's own bursts are never throttled.
+pub fn unthrottled(builder: TestAppBuilder) -> TestAppBuilder {
+    builder
+        .env("ANTI_FLOOD_MESSAGES", 100_000)
+        .env("RATE_LIMIT_PER_USER", 100_000)
+        .env("TELEGRAM_GLOBAL_RATE", 100_000)
+        .env("TELEGRAM_GLOBAL_BURST", 10_000)
+        .env("TELEGRAM_PRIVATE_RATE", 100_000)
+        .env("TELEGRAM_PRIVATE_BURST", 10_000)
+}
+
+/// The number in a reply to `/seq<N>` (answered as an unknown command that
+/// names it), so replies can be matched to the updates they answer.
+pub fn seq_of(text: &str) -> Option<u64> {
+    let start = text.find("/seq")? + 4;
+    let digits: String = text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// A JPEG of `width`×`height` with a gradient, as a phone would send.
+pub fn jpeg(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
+        .encode_image(&img)
+        .expect("encodes");
+    out.into_inner()
+}

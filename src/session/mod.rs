@@ -6,10 +6,17 @@
 //! database before it handles anything, and saves it when it retires and
 //! periodically while it has unsaved changes.
 //!
-//! A session handles its chat's updates strictly in order. Replies are
-//! posted to the outbox from the handler, so they leave in the same order;
-//! their delivery is awaited off the actor, and only then is the update
-//! marked done in the journal.
+//! A session handles its chat's updates strictly in order and posts their
+//! replies to the outbox in that order; a reply the outbox cannot take at
+//! once is posted again a moment later, so it may then leave after a later
+//! one. Delivery is awaited off the actor, and only then is the update
+//! marked done in the journal, as [`delivery`] decides for every reply.
+//!
+//! Sessions run supervised: a session that panics is restarted in place,
+//! with its mailbox and the questions waiting in it, and restores its record
+//! from the database again.
+
+mod delivery;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
@@ -137,6 +144,13 @@ pub struct Session {
     history: Option<VecDeque<(String, String)>>,
     current: Option<Current>,
     waiting: VecDeque<Question>,
+    /// The stored conversation state could not be read: it is not saved
+    /// over.
+    unreadable_state: bool,
+    /// The update being handled, until its handler returns.
+    handling: Option<RawUpdate>,
+    /// The update a crash interrupted, and how many times it has.
+    interrupted: Option<(RawUpdate, u32)>,
 }
 
 impl Session {
@@ -156,6 +170,9 @@ impl Session {
             history: None,
             current: None,
             waiting: VecDeque::new(),
+            unreadable_state: false,
+            handling: None,
+            interrupted: None,
         }
     }
 
@@ -163,39 +180,23 @@ impl Session {
         self.deps.done.mark(update_id);
     }
 
-    /// Posts a reply in order and marks the update done once it is delivered.
+    /// Posts a reply and marks the update done as [`delivery`] decides.
     fn reply(&self, update: &RawUpdate, kind: &'static str, text: &str) {
         let (update_id, received, chat_id) = (update.update_id, update.received, self.chat_id);
-        let delivery = self
-            .deps
-            .telegram
-            .post(chat_id, text_requests(chat_id, text));
-        let done = self.deps.done.clone();
-        done.reply_posted();
+        let deps = self.deps.clone();
+        let requests = text_requests(chat_id, text);
+        deps.done.reply_posted();
         // Spawned on the arbiter, not in the actor's context: a session that
-        // retires still has its replies' deliveries marked done.
+        // retires or restarts still has its replies delivered and marked.
         actix_rt::spawn(async move {
-            let ended = match delivery.await {
-                Ok(_) => {
-                    metrics::REPLIES.with_label_values(&[kind]).inc();
-                    metrics::REPLY_LATENCY
-                        .with_label_values(&[kind])
-                        .observe(received.elapsed().as_secs_f64());
-                    Some(update_id)
-                }
-                Err(err) if err.is_transient() => {
-                    // Left undone: replayed after a restart.
-                    log::warn!("send failed: update_id={update_id} chat_id={chat_id}: {err}");
-                    None
-                }
-                Err(err) => {
-                    // Telegram refused it for good (blocked bot, bad chat):
-                    // sending it again would fail the same way.
-                    log::warn!("send failed: update_id={update_id} chat_id={chat_id}: {err}");
-                    Some(update_id)
-                }
-            };
-            done.reply_ended(ended);
+            let delivered =
+                delivery::deliver(&deps.telegram, &deps.done, update_id, chat_id, requests).await;
+            if delivered.is_ok() {
+                metrics::REPLIES.with_label_values(&[kind]).inc();
+                metrics::REPLY_LATENCY
+                    .with_label_values(&[kind])
+                    .observe(received.elapsed().as_secs_f64());
+            }
         });
     }
 
@@ -357,29 +358,25 @@ impl Session {
                 }
             };
             let requests: Vec<Request> = final_requests(chat_id, &final_text, &shown);
-            let delivered = deps.telegram.post(chat_id, requests).await;
-            let ended = match &delivered {
-                Ok(_) => {
-                    metrics::REPLIES.with_label_values(&[kind]).inc();
-                    metrics::REPLY_LATENCY
-                        .with_label_values(&["ai"])
-                        .observe(update.received.elapsed().as_secs_f64());
-                    Some(update.update_id)
-                }
-                Err(err) => {
-                    log::warn!(
-                        "send failed: update_id={} chat_id={chat_id}: {err}",
-                        update.update_id
-                    );
-                    None
-                }
-            };
+            let delivered = delivery::deliver(
+                &deps.telegram,
+                &deps.done,
+                update.update_id,
+                chat_id,
+                requests,
+            )
+            .await;
+            if delivered.is_ok() {
+                metrics::REPLIES.with_label_values(&[kind]).inc();
+                metrics::REPLY_LATENCY
+                    .with_label_values(&["ai"])
+                    .observe(update.received.elapsed().as_secs_f64());
+            }
             me.do_send(AnswerFinished {
                 epoch,
                 question: text,
                 answer: result.ok().map(|a| a.text),
             });
-            deps.done.reply_ended(ended);
         });
     }
 
@@ -589,7 +586,11 @@ impl Session {
     /// The record as it should be stored now.
     fn snapshot(&self) -> UserRecord {
         let mut record = self.record.clone();
-        record.state = serde_json::to_string(&self.conversation).unwrap_or_default();
+        if !self.unreadable_state {
+            // Otherwise the stored text stays as it was, for an operator to
+            // look at, rather than be saved over with an empty one.
+            record.state = serde_json::to_string(&self.conversation).unwrap_or_default();
+        }
         record
     }
 
@@ -620,22 +621,37 @@ impl Actor for Session {
         ctx.wait(
             async move { storage.user_load(chat_id).await }
                 .into_actor(self)
-                .map(|loaded, this, _| match loaded {
-                    Ok(Some(record)) => {
-                        this.conversation = serde_json::from_str(&record.state).unwrap_or_default();
-                        this.record = record;
-                        this.restored = true;
-                        this.stored = true;
+                .map(|loaded, this, ctx| {
+                    match loaded {
+                        Ok(Some(record)) => {
+                            match serde_json::from_str(&record.state) {
+                                Ok(conversation) => this.conversation = conversation,
+                                Err(err) => {
+                                    log::error!(
+                                        "chat_id={}: the stored conversation state cannot be read ({err}); \
+                                         it is kept as it is in the users table and this session starts without it",
+                                        this.chat_id
+                                    );
+                                    this.unreadable_state = true;
+                                }
+                            }
+                            this.record = record;
+                            this.restored = true;
+                            this.stored = true;
+                        }
+                        Ok(None) => {
+                            // New: no exchanges either, no need to ask.
+                            this.restored = true;
+                            this.history = Some(VecDeque::new());
+                        }
+                        Err(err) => log::warn!(
+                            "could not restore chat_id={}: {err}; its figures start afresh and are not saved",
+                            this.chat_id
+                        ),
                     }
-                    Ok(None) => {
-                        // New: no exchanges either, no need to ask.
-                        this.restored = true;
-                        this.history = Some(VecDeque::new());
+                    if let Some((update, attempts)) = this.interrupted.take() {
+                        this.retry(update, attempts, ctx);
                     }
-                    Err(err) => log::warn!(
-                        "could not restore chat_id={}: {err}; its figures start afresh and are not saved",
-                        this.chat_id
-                    ),
                 }),
         );
     }
@@ -646,14 +662,73 @@ impl Actor for Session {
 }
 
 /// Restarted in place by the sessions' supervisor; `started` restores the
-/// record from the database again.
-impl actix::Supervised for Session {}
+/// record from the database again. An answer under way goes on: its task
+/// runs off the actor and reports to the same address.
+impl actix::Supervised for Session {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        // `started` counts the session again.
+        metrics::USER_ACTORS.dec();
+        // The update it crashed on is tried again first, a few times.
+        if let Some(update) = self.handling.take() {
+            let attempts = match &self.interrupted {
+                Some((before, n)) if before.update_id == update.update_id => n + 1,
+                _ => 1,
+            };
+            self.interrupted = Some((update, attempts));
+        }
+    }
+}
+
+/// Attempts at an update that crashed its session, after which it is
+/// answered with an apology and marked done instead of tried again.
+const MAX_UPDATE_ATTEMPTS: u32 = 3;
+
+impl Session {
+    /// Handles an update again after it crashed the session `attempts`
+    /// times, or gives up on it.
+    fn retry(&mut self, update: RawUpdate, attempts: u32, ctx: &mut Context<Self>) {
+        if attempts < MAX_UPDATE_ATTEMPTS {
+            log::warn!(
+                "chat_id={}: handling update_id={} again after a crash (attempt {})",
+                self.chat_id,
+                update.update_id,
+                attempts + 1
+            );
+            self.interrupted = Some((update.clone(), attempts));
+            return self.take_update(update, ctx);
+        }
+        log::error!(
+            "chat_id={}: update_id={} crashed the session {attempts} times; answering it with an apology",
+            self.chat_id,
+            update.update_id
+        );
+        metrics::UPDATES_SKIPPED
+            .with_label_values(&["poison"])
+            .inc();
+        self.reply(&update, "poison", commands::POISON);
+    }
+
+    /// Handles one update, remembering it while it is handled: a panic
+    /// meanwhile leaves it for [`Supervised::restarting`].
+    fn take_update(&mut self, update: RawUpdate, ctx: &mut Context<Self>) {
+        self.handling = Some(update.clone());
+        self.on_update(update, ctx);
+        self.handling = None;
+        self.interrupted = None;
+    }
+}
 
 impl Handler<HandleUpdate> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: HandleUpdate, ctx: &mut Self::Context) {
-        let update = msg.0;
+        self.take_update(msg.0, ctx);
+    }
+}
+
+impl Session {
+    fn on_update(&mut self, update: RawUpdate, ctx: &mut Context<Self>) {
+        actorbot_actors::fault::hit_keyed("session", "chat_id", self.chat_id);
         let parsed = match update.parse() {
             Ok(parsed) => parsed,
             Err(err) => {

@@ -1,0 +1,225 @@
+//! Supervision end to end: panics injected with `FAULT_PANIC` into every
+//! long-lived actor under load, a crash loop past the restart intensity,
+//! and an update that crashes its session every time.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use actorbot_testkit::openai::{FakeAi, FakeAiConfig};
+use common::{TestApp, find_node, jpeg, seq_of, unthrottled};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The points `rules` names, each with the number of panics it makes (a
+/// rule `point:N` makes one).
+fn points(rules: &str) -> Vec<(&str, u64)> {
+    rules
+        .split(',')
+        .map(|rule| (rule.split(':').next().unwrap_or(rule), 1))
+        .collect()
+}
+
+/// The node of `/actors` that a fault point's actor is: the outbox's
+/// shards are counted together, the sessions as their group.
+fn node_of(point: &str) -> &str {
+    match point {
+        "session" => "sessions",
+        other => other,
+    }
+}
+
+#[actix_rt::test]
+async fn a_panic_in_each_actor_under_load_loses_no_update() {
+    let ai = FakeAi::start(FakeAiConfig::default()).expect("the fake AI starts");
+    let users = 2_000i64;
+    let first_user = 100_000i64;
+    let asking: Vec<i64> = (0..200).map(|i| 200_000 + i).collect();
+    let (photo_user, report_user) = (300_001i64, 300_002i64);
+    let rules = format!(
+        "intake:3,router:4,journal:6,outbox:50,ai:5,pdf:1,images:1,health:2,scheduler:1,\
+         session:chat_id={}:1",
+        first_user + 7
+    );
+    let app = unthrottled(TestApp::builder())
+        .env("AI_API_URL", ai.api_url())
+        .env("AI_STREAM", "false")
+        .env("FAULT_PANIC", &rules)
+        .env("HEALTH_INTERVAL", 0.2)
+        .env("CLEANUP_INTERVAL", 0.2)
+        .start()
+        .await;
+
+    // The report's user has an exchange to report on before the load.
+    app.tg.inject_text(report_user, "What is supervision?");
+    app.tg
+        .wait_for_messages(report_user, 1, WAIT)
+        .await
+        .expect("an answer");
+    for n in 0..users {
+        app.tg.inject_text(first_user + n, &format!("/seq{n}"));
+        if n % 10 == 0 {
+            let asker = asking[(n / 10) as usize];
+            app.tg.inject_text(asker, &format!("Question {n}?"));
+        }
+    }
+    app.tg.inject_photo(photo_user, jpeg(64, 48), None);
+    app.tg.inject_text(report_user, "/report");
+
+    let answered = app
+        .tg
+        .wait_until(WAIT, |s| {
+            let seen: HashSet<u64> = (0..users)
+                .flat_map(|n| s.messages_to(first_user + n))
+                .filter_map(|m| seq_of(&m.text))
+                .collect();
+            seen.len() as i64 == users
+                && asking.iter().all(|a| !s.messages_to(*a).is_empty())
+                && !s.messages_to(photo_user).is_empty()
+                && s.messages_to(report_user).len() >= 2
+        })
+        .await;
+    if let Err(err) = answered {
+        let seen: HashSet<u64> = app
+            .tg
+            .all_messages()
+            .iter()
+            .filter_map(|m| seq_of(&m.text))
+            .collect();
+        let unanswered: Vec<i64> = (0..users)
+            .filter(|n| !seen.contains(&(*n as u64)))
+            .collect();
+        panic!(
+            "{err}: {} of {users} unanswered (e.g. {:?}); askers without a reply: {}\nlog:\n{}",
+            unanswered.len(),
+            &unanswered[..unanswered.len().min(5)],
+            asking
+                .iter()
+                .filter(|a| app.tg.messages_to(**a).is_empty())
+                .count(),
+            app.log()
+        );
+    }
+
+    let (status, actors) = app.get_json("/actors").await;
+    assert_eq!(status, 200);
+    let (_, metrics) = app.get("/metrics").await;
+    for (point, panics) in points(&rules) {
+        let name = node_of(point);
+        let node = find_node(&actors, name).unwrap_or_else(|| panic!("no {name} in {actors}"));
+        let supervision = &node["details"]["supervision"];
+        let restarts = match name {
+            // Restarted as its shards.
+            "outbox" => node["children"]
+                .as_array()
+                .map(|shards| {
+                    shards
+                        .iter()
+                        .map(|s| {
+                            s["details"]["supervision"]["restarts"]
+                                .as_u64()
+                                .unwrap_or(0)
+                        })
+                        .sum::<u64>()
+                })
+                .unwrap_or(0),
+            _ => supervision["restarts"].as_u64().unwrap_or(0),
+        };
+        assert_eq!(restarts, panics, "{name}: {node}");
+        if name != "outbox" {
+            let crash = &supervision["last_crash"]["message"];
+            assert!(
+                crash.as_str().is_some_and(|m| m.contains("injected fault")),
+                "{name}: {supervision}"
+            );
+        }
+        let line = format!("actorbot_actor_restarts{{actor=\"{name}\"}} ");
+        let counted: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in /metrics"));
+        assert!(counted >= panics, "{name}: {counted} restarts counted");
+    }
+    let (status, health) = app.get_json("/health").await;
+    assert_eq!(status, 200, "{health}");
+    assert!(health["supervision"]["given_up"].is_null(), "{health}");
+}
+
+#[actix_rt::test]
+async fn a_crash_loop_past_the_intensity_is_reported_and_ends_the_process() {
+    let max_restarts = 2;
+    let mut app = TestApp::builder()
+        .env("FAULT_PANIC", "router:1..")
+        .env("SUPERVISOR_MAX_RESTARTS", max_restarts)
+        .env("SUPERVISOR_PERIOD", 60)
+        .env("SUPERVISOR_EXIT_GRACE", 3)
+        .start()
+        .await;
+    app.tg.inject_text(41, "/start");
+    let health = app
+        .wait_for_json("/health", WAIT, |status, body| {
+            status == 503 && !body["supervision"]["given_up"].is_null()
+        })
+        .await;
+    let gave_up = &health["supervision"]["given_up"];
+    assert!(
+        gave_up["actor"]
+            .as_str()
+            .is_some_and(|a| a.contains("router")),
+        "{health}"
+    );
+    assert!(
+        gave_up["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("injected fault")),
+        "{health}"
+    );
+    let status = app.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(70), "{status:?}\n{}", app.log());
+    // Restarted within the intensity before it gave up.
+    let restarts = app.log().matches("actor router crashed").count();
+    assert!(restarts > max_restarts, "{restarts} crashes logged");
+}
+
+#[actix_rt::test]
+async fn an_update_that_always_crashes_its_session_is_answered_once_and_set_aside() {
+    let user = 77;
+    let attempts = 3;
+    let app = TestApp::builder()
+        .env(
+            "FAULT_PANIC",
+            format!("session:chat_id={user}:1..{attempts}"),
+        )
+        .start()
+        .await;
+    app.tg.inject_text(user, "/start");
+    app.tg
+        .wait_for_messages(user, 1, WAIT)
+        .await
+        .expect("an answer");
+    let apology = &app.tg.messages_to(user)[0];
+    assert!(apology.text.contains("set it aside"), "{:?}", apology.text);
+    // The next message is handled as usual, and the first is not tried again.
+    app.tg.inject_text(user, "/help");
+    app.tg
+        .wait_for_messages(user, 2, WAIT)
+        .await
+        .expect("a reply to /help");
+    let replies = app.tg.messages_to(user);
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert!(
+        !replies[1].text.contains("set it aside"),
+        "{:?}",
+        replies[1].text
+    );
+    app.wait_for_metric("actorbot_updates_skipped_total{reason=\"poison\"} 1", WAIT)
+        .await;
+    let (_, actors) = app.get_json("/actors").await;
+    let sessions = find_node(&actors, "sessions").expect("sessions");
+    assert_eq!(
+        sessions["details"]["supervision"]["restarts"], attempts,
+        "{sessions}"
+    );
+}
