@@ -273,7 +273,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stallable: config.debug_endpoints.then(|| journal.clone()),
     };
     let intake_probe = observed.intake.clone();
-    let server = http::server(&config, router.clone().recipient(), observed, ops)
+    let retry = http::dead_letters::Retry(router.clone().recipient());
+    let server = http::server(&config, router.clone().recipient(), retry, observed, ops)
         .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
     let server_handle = server.handle();
     let server_task = actix_rt::spawn(server);

@@ -48,10 +48,40 @@ enum Command {
     },
     /// Exit 0 if the running daemon's /health answers 200, else 1 (for
     /// container health checks).
+    /// List, retry or drop the updates set aside because they crashed their
+    /// session every time they were handled.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
     Healthcheck {
         /// The daemon's HTTP endpoint; default: http://HTTP_ADDR.
         #[arg(long)]
         url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// Print them, newest first, one JSON object a line.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Take one back: the running daemon handles it at once; with none
+    /// running, the next start does.
+    Retry {
+        /// The update's id.
+        update_id: i64,
+        /// The daemon's HTTP endpoint; default: http://HTTP_ADDR.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Drop one for good.
+    Drop {
+        /// The update's id.
+        update_id: i64,
     },
 }
 
@@ -151,6 +181,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::DeadLetters { action } => {
+            let url = local_url(&config);
+            match actix_rt::System::new().block_on(dead_letters(&config, action, url)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("actorbot dead-letters: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Healthcheck { url } => {
             let url = format!("{}/health", url.unwrap_or_else(|| local_url(&config)));
             let checked = actix_rt::System::new().block_on(async move {
@@ -186,4 +226,68 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// `actorbot dead-letters …`: on the database directly, except a retry,
+/// which a running daemon carries out at once.
+async fn dead_letters(
+    config: &Config,
+    action: DeadLetterAction,
+    default_url: String,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let storage = actorbot::storage::Storage::open(config)
+        .await
+        .context("cannot open the database")?;
+    match action {
+        DeadLetterAction::List { limit } => {
+            let count = storage.dead_letters_count().await?;
+            for letter in storage.dead_letters_list(limit).await? {
+                println!("{}", serde_json::to_string(&letter)?);
+            }
+            eprintln!("{count} dead letters");
+        }
+        DeadLetterAction::Retry { update_id, url } => {
+            let url = format!(
+                "{}/dead-letters/{update_id}/retry",
+                url.unwrap_or(default_url)
+            );
+            let mut request = awc::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .finish()
+                .post(url.as_str());
+            let token = config.admin_http_token.expose();
+            if !token.is_empty() {
+                request = request.bearer_auth(token);
+            }
+            match request.send().await {
+                Ok(mut response) => {
+                    let body = response.body().await.unwrap_or_default();
+                    let body = String::from_utf8_lossy(&body);
+                    if !response.status().is_success() {
+                        anyhow::bail!("{url}: {} {body}", response.status());
+                    }
+                    println!("{body}");
+                }
+                // No daemon there: the next start replays it.
+                Err(awc::error::SendRequestError::Connect(_)) => {
+                    match storage.dead_letter_take(update_id).await? {
+                        Some(_) => println!(
+                            "update {update_id} taken back; no daemon answers at {url}, \
+                             so the next start handles it"
+                        ),
+                        None => anyhow::bail!("no dead letter {update_id}"),
+                    }
+                }
+                Err(err) => anyhow::bail!("{url}: {err}"),
+            }
+        }
+        DeadLetterAction::Drop { update_id } => {
+            if !storage.dead_letter_drop(update_id).await? {
+                anyhow::bail!("no dead letter {update_id}");
+            }
+            println!("dead letter {update_id} dropped");
+        }
+    }
+    Ok(())
 }

@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use actorbot::config::Config;
-use actorbot::storage::{InboxRow, NewJob, Storage, UserRecord, job_status, now_millis};
+use actorbot::storage::{
+    DeadLetter, InboxRow, NewJob, Storage, UserRecord, job_status, now_millis,
+};
 use common::{PgDatabase, test_config};
 
 fn sqlite_config() -> Config {
@@ -60,6 +62,25 @@ async fn exercise(config: &Config) {
     assert_eq!(storage.inbox_purge_done(0).await.unwrap(), 0);
     assert_eq!(storage.inbox_purge_done(now_millis() + 1).await.unwrap(), 3);
     assert_eq!(storage.inbox_stats().await.unwrap(), (4, 0));
+
+    // Dead letters: set aside marks the inbox row done in the same write;
+    // dropped, gone; taken back, the row is pending again.
+    let letter = DeadLetter::new(7, Some(0), row(7).body, "crashed".into(), 3);
+    storage.dead_letter_put(letter.clone()).await.unwrap();
+    storage.dead_letter_put(letter.clone()).await.unwrap();
+    assert_eq!(storage.dead_letters_count().await.unwrap(), 1);
+    assert!(storage.inbox_is_done(7).await.unwrap());
+    assert_eq!(
+        storage.dead_letters_list(10).await.unwrap(),
+        vec![letter.clone()]
+    );
+    assert!(storage.dead_letter_drop(7).await.unwrap());
+    assert!(!storage.dead_letter_drop(7).await.unwrap());
+    storage.dead_letter_put(letter.clone()).await.unwrap();
+    assert_eq!(storage.dead_letter_take(7).await.unwrap(), Some(letter));
+    assert_eq!(storage.dead_letter_take(7).await.unwrap(), None);
+    assert!(!storage.inbox_is_done(7).await.unwrap());
+    assert_eq!(storage.dead_letters_count().await.unwrap(), 0);
 
     // One write journals updates (more than one statement takes, one of
     // them twice, one already there) and marks some of them done.

@@ -184,17 +184,19 @@ async fn a_crash_loop_past_the_intensity_is_reported_and_ends_the_process() {
 }
 
 #[actix_rt::test]
-async fn an_update_that_always_crashes_its_session_is_answered_once_and_set_aside() {
+async fn an_update_that_always_crashes_its_session_is_set_aside_and_can_be_retried() {
     let user = 77;
     let attempts = 3;
+    let data_dir = common::unique_dir("poison");
     let app = TestApp::builder()
+        .data_dir(data_dir.clone())
         .env(
             "FAULT_PANIC",
             format!("session:chat_id={user}:1..{attempts}"),
         )
         .start()
         .await;
-    app.tg.inject_text(user, "/start");
+    let poison = app.tg.inject_text(user, "/start");
     app.tg
         .wait_for_messages(user, 1, WAIT)
         .await
@@ -208,7 +210,6 @@ async fn an_update_that_always_crashes_its_session_is_answered_once_and_set_asid
         .await
         .expect("a reply to /help");
     let replies = app.tg.messages_to(user);
-    assert_eq!(replies.len(), 2, "{replies:?}");
     assert!(
         !replies[1].text.contains("set it aside"),
         "{:?}",
@@ -222,4 +223,56 @@ async fn an_update_that_always_crashes_its_session_is_answered_once_and_set_asid
         sessions["details"]["supervision"]["restarts"], attempts,
         "{sessions}"
     );
+    let letters = app
+        .wait_for_json("/dead-letters", WAIT, |_, body| body["count"] == 1)
+        .await;
+    assert_eq!(letters["dead_letters"][0]["update_id"], poison, "{letters}");
+    assert_eq!(
+        letters["dead_letters"][0]["attempts"], attempts,
+        "{letters}"
+    );
+
+    // kill -9 and a start without the fault: the update set aside is not
+    // replayed (the /help after it is answered, and nothing before it).
+    let (tg, _) = app.kill();
+    let app = TestApp::builder()
+        .with_fake(tg)
+        .data_dir(data_dir)
+        .start()
+        .await;
+    app.tg.inject_text(user, "/help");
+    app.tg
+        .wait_for_messages(user, 3, WAIT)
+        .await
+        .expect("a reply to the second /help");
+    assert_eq!(app.tg.messages_to(user).len(), 3);
+    let (_, health) = app.get_json("/health").await;
+    assert_eq!(health["dead_letters"], 1, "{health}");
+
+    let listed = app.cli(&["dead-letters", "list"]).await;
+    assert!(listed.status.success(), "{listed:?}");
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.contains(&format!("\"update_id\":{poison}")),
+        "{stdout}"
+    );
+
+    // Retried by the operator: the running daemon handles it at once.
+    let retried = app
+        .cli(&["dead-letters", "retry", &poison.to_string()])
+        .await;
+    assert!(retried.status.success(), "{retried:?}");
+    app.tg
+        .wait_for_messages(user, 4, WAIT)
+        .await
+        .expect("the retried /start is answered");
+    let answer = &app.tg.messages_to(user)[3];
+    assert!(!answer.text.contains("set it aside"), "{:?}", answer.text);
+    let (_, letters) = app.get_json("/dead-letters").await;
+    assert_eq!(letters["count"], 0, "{letters}");
+    let dropped = app
+        .cli(&["dead-letters", "drop", &poison.to_string()])
+        .await;
+    assert!(!dropped.status.success(), "no such dead letter any more");
 }

@@ -13,6 +13,7 @@
 //! With `ADMIN_HTTP_TOKEN` set, every endpoint but `/health` and `/ready`
 //! requires it as a bearer token.
 
+pub mod dead_letters;
 pub mod ops;
 
 use std::sync::{Arc, Mutex};
@@ -145,9 +146,11 @@ impl Observed {
 pub fn server(
     config: &Config,
     sink: Recipient<Incoming>,
+    retry: dead_letters::Retry,
     observed: Observed,
     ops: ops::Ops,
 ) -> std::io::Result<Server> {
+    let retry = web::Data::new(retry);
     let guard = web::Data::new(ops::Guard::new(config));
     let debug = config.debug_endpoints;
     let webhook = config.webhook_enabled().then(|| {
@@ -164,6 +167,7 @@ pub fn server(
             .app_data(web::Data::new(observed.clone()))
             .app_data(web::Data::new(ops.clone()))
             .app_data(guard.clone())
+            .app_data(retry.clone())
             .route("/health", web::get().to(health))
             .route("/ready", web::get().to(ops::ready))
             .route("/actors", web::get().to(actors))
@@ -175,7 +179,16 @@ pub fn server(
             )
             .route("/performance/history", web::get().to(ops::history))
             .route("/config", web::get().to(ops::config))
-            .route("/dashboard", web::get().to(ops::dashboard));
+            .route("/dashboard", web::get().to(ops::dashboard))
+            .route("/dead-letters", web::get().to(dead_letters::list))
+            .route(
+                "/dead-letters/{update_id}/retry",
+                web::post().to(dead_letters::retry),
+            )
+            .route(
+                "/dead-letters/{update_id}",
+                web::delete().to(dead_letters::drop),
+            );
         if debug {
             app = app.route("/debug/stall/{actor}", web::post().to(ops::stall));
         }
@@ -308,7 +321,12 @@ fn status_word(health: &Health) -> &'static str {
 }
 
 async fn health(observed: web::Data<Observed>) -> HttpResponse {
-    let (reports, (db_health, db)) = tokio::join!(observed.probe(), observed.database());
+    let (reports, (db_health, db), dead_letters) = tokio::join!(
+        observed.probe(),
+        observed.database(),
+        tokio::time::timeout(DB_DEADLINE, observed.storage.dead_letters_count())
+    );
+    let dead_letters = dead_letters.ok().and_then(Result::ok);
     let (cache_health, cache) = observed.cache_state();
     let gave_up = observed.tree.given_up();
     let supervision = match &gave_up {
@@ -335,6 +353,7 @@ async fn health(observed: web::Data<Observed>) -> HttpResponse {
             "given_up": gave_up.map(|g| json!({"actor": g.actor, "reason": g.reason})),
         },
         "dependencies": {"database": db, "cache": cache},
+        "dead_letters": dead_letters,
     });
     let mut response = match overall {
         Health::Unhealthy(_) => HttpResponse::ServiceUnavailable(),

@@ -40,7 +40,7 @@ use crate::images::{ImagePool, PhotoRef, Prepare};
 use crate::journal::DoneMarks;
 use crate::metrics;
 use crate::pdf::jobs::{Accepted, JobSpec, PdfJobs, Refused, SubmitJob};
-use crate::storage::{Storage, UserRecord, now_millis};
+use crate::storage::{DeadLetter, Storage, UserRecord, now_millis};
 use crate::telegram::update::RawUpdate;
 use crate::telegram::{Request, Telegram, text_requests};
 
@@ -680,7 +680,8 @@ impl actix::Supervised for Session {
 }
 
 /// Attempts at an update that crashed its session, after which it is
-/// answered with an apology and marked done instead of tried again.
+/// answered with an apology and set aside in `dead_letters` instead of
+/// tried again.
 const MAX_UPDATE_ATTEMPTS: u32 = 3;
 
 impl Session {
@@ -705,6 +706,20 @@ impl Session {
         metrics::UPDATES_SKIPPED
             .with_label_values(&["poison"])
             .inc();
+        let letter = DeadLetter::new(
+            update.update_id,
+            Some(self.chat_id),
+            update.body.to_string(),
+            format!("crashed its session {attempts} times; the panics are in the log"),
+            attempts,
+        );
+        let storage = self.deps.storage.clone();
+        actix_rt::spawn(async move {
+            let update_id = letter.update_id;
+            if let Err(err) = storage.dead_letter_put(letter).await {
+                log::error!("update_id={update_id}: could not be set aside in dead_letters: {err}");
+            }
+        });
         self.reply(&update, "poison", commands::POISON);
     }
 

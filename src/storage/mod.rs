@@ -140,6 +140,10 @@ macro_rules! upsert_user {
     };
 }
 
+// Each table's queries in a file of their own, using the macros above.
+mod dead_letters;
+pub use dead_letters::DeadLetter;
+
 /// The figures of the connection pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PoolState {

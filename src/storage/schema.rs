@@ -51,3 +51,14 @@ diesel::table! {
         error -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    dead_letters (update_id) {
+        update_id -> BigInt,
+        chat_id -> Nullable<BigInt>,
+        body -> Text,
+        error -> Text,
+        attempts -> Integer,
+        created_at -> BigInt,
+    }
+}

@@ -143,6 +143,7 @@ impl TestAppBuilder {
             http_addr,
             data_dir,
             log,
+            env: self.env.clone(),
         };
         let ready = if self.webhook {
             "webhook set"
@@ -160,6 +161,8 @@ pub struct TestApp {
     pub data_dir: PathBuf,
     child: Option<Child>,
     log: Arc<LogBuffer>,
+    /// The variables the builder set, for [`TestApp::cli`].
+    env: Vec<(String, String)>,
 }
 
 impl TestApp {
@@ -299,6 +302,25 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Runs `actorbot ARGS` as an operator would beside this daemon: the
+    /// same configuration, data directory and endpoint.
+    pub async fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_actorbot"));
+        command
+            .args(args)
+            .env_clear()
+            .env("APP_PROFILE", "testing")
+            .env("CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+            .env("HTTP_ADDR", self.http_addr.to_string())
+            .env("DATA_DIR", &self.data_dir);
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        tokio::task::spawn_blocking(move || command.output().expect("actorbot runs"))
+            .await
+            .expect("the command's thread")
     }
 
     /// Stops the daemon with SIGKILL and gives back the fake, for a restart.
