@@ -39,7 +39,7 @@ use crate::telegram::params::SendDocumentParams;
 use crate::telegram::{Request, Telegram, Upload, text_requests};
 
 /// What a job makes, as stored in the `payload` column.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobSpec {
     /// The user's conversation, captured when they asked for it.

@@ -1,0 +1,46 @@
+//! The admin commands (/health, /performance, /admin_stats): answered from
+//! the health checker and the storage. [`super::state`] lets only admins
+//! reach them; before the health checker runs they are told to try again.
+
+use actix::prelude::*;
+
+use super::Session;
+use crate::bot::commands;
+use crate::health::{self, GetHistory, GetStatus};
+use crate::telegram::update::RawUpdate;
+
+impl Session {
+    pub(super) fn admin_command(
+        &mut self,
+        update: &RawUpdate,
+        name: &str,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(admin) = self.deps.admin.get() else {
+            return self.reply(update, "admin", commands::TRY_AGAIN);
+        };
+        let (checker, cache, started) =
+            (admin.health.clone(), admin.ai_cache.clone(), admin.started);
+        let storage = self.deps.storage.clone();
+        let name = name.to_string();
+        let update = update.clone();
+        let text = async move {
+            match name.as_str() {
+                "health" => match checker.send(GetStatus).await {
+                    Ok(status) => health::health_text(&status),
+                    Err(_) => commands::TRY_AGAIN.to_string(),
+                },
+                "performance" => {
+                    match tokio::join!(checker.send(GetStatus), checker.send(GetHistory)) {
+                        (Ok(status), Ok(history)) => health::performance_text(&status, &history),
+                        _ => commands::TRY_AGAIN.to_string(),
+                    }
+                }
+                _ => health::admin_stats_text(&storage, &cache, started.elapsed().as_secs()).await,
+            }
+        };
+        ctx.wait(text.into_actor(self).map(move |text, this, _| {
+            this.reply(&update, "admin", &text);
+        }));
+    }
+}
