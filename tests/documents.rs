@@ -349,6 +349,10 @@ async fn kill_9_with_jobs_queued_then_restart_delivers_every_report() {
                 jobs.join("\n")
             )
         });
+    // Every job recorded: submissions are written concurrently, and one
+    // told its place does not mean that those before it are in the table.
+    app.wait_for_log_count("accepted: kind=report", users.len(), WAIT)
+        .await;
     assert!(
         app.tg.read(|s| users
             .iter()

@@ -187,16 +187,21 @@ impl TestApp {
 
     /// Waits until the log holds `needle`; panics with the log on timeout.
     pub async fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        self.wait_for_log_count(needle, 1, timeout).await;
+    }
+
+    /// Waits until the log holds `needle` at least `n` times.
+    pub async fn wait_for_log_count(&self, needle: &str, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.log.changed.notified();
-            if self.log().contains(needle) {
+            if self.log().matches(needle).count() >= n {
                 return;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
                 panic!(
-                    "no {needle:?} in the log within {timeout:?}; log:\n{}",
+                    "{needle:?} not {n} times in the log within {timeout:?}; log:\n{}",
                     self.log()
                 );
             }

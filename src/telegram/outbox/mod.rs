@@ -8,9 +8,10 @@
 //!
 //! Each chat has a lane: a FIFO queue, a token bucket and a pause deadline.
 //! At most one request per chat is in flight, which keeps a chat's messages
-//! in order even across retries. Lanes that may send take turns round-robin
-//! (the `ready` ring), so one busy chat cannot starve the others; lanes that
-//! must wait sit in a timer heap. A global bucket caps the total rate.
+//! in order even across retries. Lanes that may send take turns round-robin,
+//! so one busy chat cannot starve the others; lanes that must wait sit in a
+//! timer heap. A global bucket caps the total rate. Which lane goes next is
+//! decided in [`lanes`], over the time it is given; this actor sends.
 //!
 //! A 429 pauses only its chat for `retry_after`; when several chats are told
 //! to wait at about the same time the flood is global and the whole outbox
@@ -25,8 +26,7 @@
 //! cores. What is bot-wide (the global rate and the global pause) is a
 //! [`GlobalLimit`] the shards share.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,9 @@ use super::client::{BotApi, Endpoint, Sent, SentOrBool, Upload};
 use super::error::TelegramError;
 use crate::bucket::Bucket;
 use crate::config::Config;
+use lanes::{Counted, LaneRates, Lanes};
+
+mod lanes;
 
 /// One request to a chat.
 #[derive(Debug, Clone)]
@@ -221,6 +224,12 @@ struct Job {
     batch: Batch,
 }
 
+impl Counted for Job {
+    fn is_counted(&self) -> bool {
+        self.request.is_counted()
+    }
+}
+
 /// The answer channel shared by the requests of one `Deliver`.
 #[derive(Clone)]
 struct Batch(std::rc::Rc<std::cell::RefCell<BatchState>>);
@@ -257,14 +266,6 @@ impl Batch {
     fn is_failed(&self) -> bool {
         self.0.borrow().reply.is_none()
     }
-}
-
-struct Lane {
-    queue: VecDeque<Job>,
-    bucket: Bucket,
-    paused_until: Option<Instant>,
-    busy: bool,
-    scheduled: bool,
 }
 
 /// The limits every shard of the outbox shares: the bot-wide rate, and the
@@ -355,9 +356,7 @@ pub struct Outbox {
     endpoint: Endpoint,
     api: Option<BotApi>,
     limits: Limits,
-    lanes: HashMap<i64, Lane>,
-    ready: VecDeque<i64>,
-    waiting: BinaryHeap<Reverse<(Instant, i64)>>,
+    lanes: Lanes<Job>,
     global: Arc<GlobalLimit>,
     wake_at: Option<Instant>,
     stats: OutboxStats,
@@ -374,100 +373,28 @@ impl Outbox {
             endpoint,
             api: None,
             global,
+            lanes: Lanes::new(LaneRates {
+                private_rate: limits.private_rate,
+                private_burst: limits.private_burst,
+                group_rate: limits.group_rate,
+                group_burst: limits.group_burst,
+            }),
             limits,
-            lanes: HashMap::new(),
-            ready: VecDeque::new(),
-            waiting: BinaryHeap::new(),
             wake_at: None,
             stats: OutboxStats::default(),
             flying: HashMap::new(),
         }
     }
 
-    fn new_lane(&self, chat_id: i64, now: Instant) -> Lane {
-        let bucket = if chat_id > 0 {
-            Bucket::new(self.limits.private_rate, self.limits.private_burst, now)
-        } else {
-            Bucket::new(self.limits.group_rate, self.limits.group_burst, now)
-        };
-        Lane {
-            queue: VecDeque::new(),
-            bucket,
-            paused_until: None,
-            busy: false,
-            scheduled: false,
-        }
-    }
-
-    /// Puts a lane that has work and nothing in flight into `ready` or, if it
-    /// must wait, into the timer heap.
-    fn schedule(&mut self, chat_id: i64, now: Instant) {
-        let Some(lane) = self.lanes.get_mut(&chat_id) else {
-            return;
-        };
-        if lane.busy || lane.scheduled || lane.queue.is_empty() {
-            return;
-        }
-        let mut at = lane.paused_until.filter(|t| *t > now).unwrap_or(now);
-        if lane
-            .queue
-            .front()
-            .is_some_and(|job| job.request.is_counted())
-        {
-            at = at.max(lane.bucket.ready_at(now));
-        }
-        lane.scheduled = true;
-        if at <= now {
-            self.ready.push_back(chat_id);
-        } else {
-            self.waiting.push(Reverse((at, chat_id)));
-        }
-    }
-
+    /// Sends what the lanes let go now, and arms a wake-up for the rest.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        while let Some(Reverse((at, chat_id))) = self.waiting.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.waiting.pop();
-            if let Some(lane) = self.lanes.get_mut(&chat_id) {
-                lane.scheduled = false;
-            }
-            self.schedule(chat_id, now);
-        }
-
-        let mut next_wake = self.waiting.peek().map(|Reverse((at, _))| *at);
-        if let Some(until) = self.global.paused_until(now) {
-            self.arm(ctx, Some(until), now);
-            return;
-        }
-
-        while self.stats.in_flight < self.limits.max_in_flight {
-            let Some(chat_id) = self.ready.pop_front() else {
-                break;
-            };
-            let Some(lane) = self.lanes.get_mut(&chat_id) else {
-                continue;
-            };
-            let counted = lane
-                .queue
-                .front()
-                .is_some_and(|job| job.request.is_counted());
-            if counted {
-                if let Err(global_at) = self.global.take(now) {
-                    self.ready.push_front(chat_id);
-                    next_wake = Some(next_wake.map_or(global_at, |t| t.min(global_at)));
-                    break;
-                }
-                lane.bucket.take(now);
-            }
-            lane.scheduled = false;
-            let Some(job) = lane.queue.pop_front() else {
-                continue;
-            };
-            lane.busy = true;
-            self.stats.queued -= 1;
+        let room = self
+            .limits
+            .max_in_flight
+            .saturating_sub(self.stats.in_flight);
+        let (jobs, next_wake) = self.lanes.take(now, room, &self.global);
+        for (chat_id, job) in jobs {
             self.dispatch(chat_id, job, ctx);
         }
         self.arm(ctx, next_wake, now);
@@ -577,18 +504,11 @@ impl Outbox {
     }
 
     fn requeue(&mut self, chat_id: i64, job: Job, not_before: Instant) {
-        if let Some(lane) = self.lanes.get_mut(&chat_id) {
-            lane.queue.push_front(job);
-            lane.paused_until = Some(not_before);
-            self.stats.queued += 1;
-        }
+        self.lanes.requeue(chat_id, job, not_before);
     }
 
     fn finish(&mut self, chat_id: i64, ctx: &mut Context<Self>) {
-        if let Some(lane) = self.lanes.get_mut(&chat_id) {
-            lane.busy = false;
-        }
-        self.schedule(chat_id, Instant::now());
+        self.lanes.finish(chat_id, Instant::now());
         self.pump(ctx);
     }
 
@@ -601,10 +521,7 @@ impl Outbox {
     }
 
     fn sweep_lanes(&mut self) {
-        let now = Instant::now();
-        self.lanes.retain(|_, lane| {
-            lane.busy || lane.scheduled || !lane.queue.is_empty() || !lane.bucket.is_full(now)
-        });
+        self.lanes.sweep(Instant::now());
     }
 }
 
@@ -621,12 +538,7 @@ impl Actor for Outbox {
         self.api = Some(self.endpoint.client());
         ctx.set_mailbox_capacity(4096);
         ctx.run_interval(LANE_SWEEP_INTERVAL, |act, _| act.sweep_lanes());
-        // After a restart: the lanes that hold work are scheduled afresh.
-        let now = Instant::now();
-        let chats: Vec<i64> = self.lanes.keys().copied().collect();
-        for chat_id in chats {
-            self.schedule(chat_id, now);
-        }
+        // After a restart: what the lanes hold goes on.
         self.pump(ctx);
         log::info!(
             "outbox started: {} msg/s global, {} msg/s per private chat, {} msg/min per group",
@@ -643,18 +555,8 @@ impl Actor for Outbox {
 /// rebuilt in `started`.
 impl Supervised for Outbox {
     fn restarting(&mut self, _: &mut Self::Context) {
-        for (chat_id, job) in std::mem::take(&mut self.flying) {
-            if let Some(lane) = self.lanes.get_mut(&chat_id) {
-                lane.queue.push_front(job);
-                self.stats.queued += 1;
-            }
-        }
-        for lane in self.lanes.values_mut() {
-            lane.busy = false;
-            lane.scheduled = false;
-        }
-        self.ready.clear();
-        self.waiting.clear();
+        let in_flight = std::mem::take(&mut self.flying);
+        self.lanes.restart(in_flight, Instant::now());
         self.wake_at = None;
         self.stats.in_flight = 0;
     }
@@ -689,7 +591,7 @@ impl Outbox {
             let _ = reply.send(Ok(Vec::new()));
             return;
         }
-        if self.stats.queued + count > self.limits.capacity {
+        if self.lanes.queued() + count > self.limits.capacity {
             let method = requests[0].method().to_string();
             let _ = reply.send(Err(TelegramError::Unavailable {
                 method,
@@ -702,23 +604,13 @@ impl Outbox {
             expected: count,
             reply: Some(reply),
         })));
-        let now = Instant::now();
-        if !self.lanes.contains_key(&chat_id) {
-            let lane = self.new_lane(chat_id, now);
-            self.lanes.insert(chat_id, lane);
-        }
-        if let Some(lane) = self.lanes.get_mut(&chat_id) {
-            for request in requests {
-                lane.queue.push_back(Job {
-                    request,
-                    attempts: 0,
-                    flood_waits: 0,
-                    batch: batch.clone(),
-                });
-            }
-        }
-        self.stats.queued += count;
-        self.schedule(chat_id, now);
+        let jobs = requests.into_iter().map(|request| Job {
+            request,
+            attempts: 0,
+            flood_waits: 0,
+            batch: batch.clone(),
+        });
+        self.lanes.push(chat_id, jobs, Instant::now());
         self.pump(ctx);
     }
 }
@@ -755,6 +647,7 @@ impl Handler<GetStats> for Outbox {
     fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> OutboxStats {
         OutboxStats {
             lanes: self.lanes.len(),
+            queued: self.lanes.queued(),
             ..self.stats.clone()
         }
     }
@@ -770,10 +663,11 @@ impl Handler<Probe> for Outbox {
                 "Telegram asked for a pause of {}s more",
                 until.duration_since(now).as_secs() + 1
             ))
-        } else if self.stats.queued * 10 >= self.limits.capacity * 8 {
+        } else if self.lanes.queued() * 10 >= self.limits.capacity * 8 {
             Health::Degraded(format!(
                 "{} of {} sends queued",
-                self.stats.queued, self.limits.capacity
+                self.lanes.queued(),
+                self.limits.capacity
             ))
         } else {
             Health::Healthy
@@ -782,11 +676,12 @@ impl Handler<Probe> for Outbox {
             "sends",
             OutboxStats {
                 lanes: self.lanes.len(),
+                queued: self.lanes.queued(),
                 ..self.stats.clone()
             },
         );
         report.mailbox = Some(MailboxFigures {
-            depth: self.stats.queued,
+            depth: self.lanes.queued(),
             capacity: self.limits.capacity,
         });
         report.handled = self.stats.delivered;
