@@ -237,6 +237,13 @@ mod tests {
         group_burst: 1,
     };
 
+    /// Chats that may send as fast as they like.
+    const UNTHROTTLED: LaneRates = LaneRates {
+        private_rate: 1e6,
+        private_burst: 1000,
+        ..RATES
+    };
+
     fn global(rate: f64, burst: u32) -> Arc<GlobalLimit> {
         GlobalLimit::new(&Limits {
             global_rate: rate,
@@ -259,11 +266,7 @@ mod tests {
     fn chats_take_turns_one_request_each_in_flight() {
         let now = Instant::now();
         let unlimited = global(1e6, 1000);
-        let mut lanes = Lanes::new(LaneRates {
-            private_rate: 1e6,
-            private_burst: 1000,
-            ..RATES
-        });
+        let mut lanes = Lanes::new(UNTHROTTLED);
         lanes.push(1, [Job("a1", true), Job("a2", true)], now);
         lanes.push(2, [Job("b1", true)], now);
         assert_eq!(lanes.queued(), 3);
@@ -327,11 +330,7 @@ mod tests {
     fn a_requeued_request_waits_out_its_pause_first() {
         let now = Instant::now();
         let unlimited = global(1e6, 1000);
-        let mut lanes = Lanes::new(LaneRates {
-            private_rate: 1e6,
-            private_burst: 1000,
-            ..RATES
-        });
+        let mut lanes = Lanes::new(UNTHROTTLED);
         lanes.push(7, [Job("m1", true), Job("m2", true)], now);
         let (mut taken, _) = lanes.take(now, 10, &unlimited);
         let (_, job) = taken.remove(0);
@@ -380,11 +379,7 @@ mod tests {
     fn a_restart_sends_what_was_in_flight_again_first() {
         let now = Instant::now();
         let unlimited = global(1e6, 1000);
-        let mut lanes = Lanes::new(LaneRates {
-            private_rate: 1e6,
-            private_burst: 1000,
-            ..RATES
-        });
+        let mut lanes = Lanes::new(UNTHROTTLED);
         lanes.push(1, [Job("a1", true), Job("a2", true)], now);
         let (in_flight, _) = lanes.take(now, 10, &unlimited);
         lanes.restart(in_flight, now);
