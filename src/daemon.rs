@@ -363,8 +363,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         log::warn!("shutdown deadline reached while PDF deliveries were finishing");
     }
-    drain_outbox(&telegram, deadline).await;
-    wait_for_replies(&done_marks, deadline).await;
+    if tokio::time::timeout_at(deadline.into(), telegram.drained())
+        .await
+        .is_err()
+    {
+        let stats = telegram.stats().await;
+        log::warn!(
+            "shutdown deadline reached with {} sends queued and {} in flight",
+            stats.queued,
+            stats.in_flight
+        );
+    }
+    if tokio::time::timeout_at(deadline.into(), done_marks.all_ended())
+        .await
+        .is_err()
+    {
+        log::warn!(
+            "shutdown deadline reached with {} replies undelivered",
+            done_marks.replies_in_flight()
+        );
+    }
     if tokio::time::timeout_at(deadline.into(), journal.send(Flush))
         .await
         .is_err()
@@ -505,20 +523,6 @@ async fn replay(storage: &Storage, router: &Addr<Router>) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Waits until every posted reply has been delivered and marked done.
-async fn wait_for_replies(done: &DoneMarks, deadline: Instant) {
-    while done.replies_in_flight() > 0 {
-        if Instant::now() >= deadline {
-            log::warn!(
-                "shutdown deadline reached with {} replies undelivered",
-                done.replies_in_flight()
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// getMe until it answers. A refused token ends the start; anything else
 /// (no network, Telegram down) is waited out.
 async fn authorize(api: &BotApi) -> anyhow::Result<crate::telegram::types::User> {
@@ -537,25 +541,6 @@ async fn authorize(api: &BotApi) -> anyhow::Result<crate::telegram::types::User>
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
-    }
-}
-
-/// Waits until the outbox has sent everything or the deadline passes.
-async fn drain_outbox(telegram: &Telegram, deadline: Instant) {
-    loop {
-        let stats = telegram.stats().await;
-        if stats.queued == 0 && stats.in_flight == 0 {
-            return;
-        }
-        if Instant::now() >= deadline {
-            log::warn!(
-                "shutdown deadline reached with {} sends queued and {} in flight",
-                stats.queued,
-                stats.in_flight
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -54,6 +54,8 @@ pub struct DoneMarks {
     journal: Addr<Journal>,
     in_flight: Arc<AtomicUsize>,
     gathered: Arc<Mutex<Gathered>>,
+    /// Woken each time the count of replies in flight falls to zero.
+    idle: Arc<tokio::sync::Notify>,
 }
 
 /// Marks waiting for the end of the turn.
@@ -72,12 +74,33 @@ impl DoneMarks {
             journal,
             in_flight: Arc::default(),
             gathered: Arc::default(),
+            idle: Arc::default(),
         }
     }
 
     /// Replies posted and not yet ended.
     pub fn replies_in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Answers once no reply is in flight (their done marks are then in
+    /// the journal's mailbox).
+    pub async fn all_ended(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.replies_in_flight() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    fn ended(&self, replies: usize) {
+        if replies > 0 && self.in_flight.fetch_sub(replies, Ordering::SeqCst) == replies {
+            self.idle.notify_waiters();
+        }
     }
 
     /// A reply was posted; [`DoneMarks::reply_ended`] must follow.
@@ -90,9 +113,7 @@ impl DoneMarks {
     pub fn reply_ended(&self, done: Option<i64>) {
         match done {
             Some(update_id) => self.gather(update_id, 1),
-            None => {
-                self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            }
+            None => self.ended(1),
         }
     }
 
@@ -135,7 +156,7 @@ impl DoneMarks {
         if !marks.is_empty() {
             self.journal.do_send(Done(marks));
         }
-        self.in_flight.fetch_sub(replies, Ordering::SeqCst);
+        self.ended(replies);
     }
 }
 

@@ -143,6 +143,8 @@ struct Shared {
     stopping: AtomicBool,
     /// Documents posted whose done mark is not written yet.
     delivering: AtomicUsize,
+    /// Woken each time `delivering` falls to zero.
+    delivered_all: tokio::sync::Notify,
     storage: Storage,
     telegram: Telegram,
     images: Addr<ImagePool>,
@@ -175,6 +177,7 @@ impl PdfJobs {
                 max_attempts: config.job_max_attempts,
                 stopping: AtomicBool::new(false),
                 delivering: AtomicUsize::new(0),
+                delivered_all: tokio::sync::Notify::new(),
                 storage,
                 telegram,
                 images,
@@ -372,9 +375,18 @@ impl Handler<StopJobs> for PdfJobs {
         self.shared.pool.close();
         let shared = self.shared.clone();
         Box::pin(async move {
-            while shared.delivering.load(Ordering::SeqCst) > 0 && Instant::now() < msg.deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let all_delivered = async {
+                loop {
+                    let woken = shared.delivered_all.notified();
+                    tokio::pin!(woken);
+                    woken.as_mut().enable();
+                    if shared.delivering.load(Ordering::SeqCst) == 0 {
+                        return;
+                    }
+                    woken.await;
+                }
+            };
+            let _ = tokio::time::timeout_at(msg.deadline.into(), all_delivered).await;
         })
     }
 }
@@ -689,7 +701,9 @@ async fn deliver(shared: &Arc<Shared>, row: &JobRow, spec: &JobSpec, pdf: Render
             )
         }
     };
-    shared.delivering.fetch_sub(1, Ordering::SeqCst);
+    if shared.delivering.fetch_sub(1, Ordering::SeqCst) == 1 {
+        shared.delivered_all.notify_waiters();
+    }
     outcome
 }
 

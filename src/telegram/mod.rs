@@ -69,6 +69,13 @@ impl Telegram {
         total
     }
 
+    /// Answers once every shard has sent everything it holds (a shard that
+    /// does not answer counts as drained).
+    pub async fn drained(&self) {
+        let drains = self.shards.iter().map(|shard| shard.send(outbox::Drained));
+        futures_util::future::join_all(drains).await;
+    }
+
     /// Queues requests for one chat, in order, and waits until they are delivered.
     pub async fn deliver(
         &self,

@@ -142,6 +142,11 @@ pub struct Deliver {
 #[rtype(result = "OutboxStats")]
 pub struct GetStats;
 
+/// Answers once the shard has nothing queued and nothing in flight.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drained;
+
 #[derive(Debug, Clone, Default, Serialize, MessageResponse)]
 pub struct OutboxStats {
     pub queued: usize,
@@ -363,6 +368,8 @@ pub struct Outbox {
     /// The request in flight for each chat that has one: kept here, not in
     /// the send's future, so that a restart can queue it again.
     flying: HashMap<i64, Job>,
+    /// Who waits for the shard to be empty.
+    drain_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl Outbox {
@@ -383,6 +390,7 @@ impl Outbox {
             wake_at: None,
             stats: OutboxStats::default(),
             flying: HashMap::new(),
+            drain_waiters: Vec::new(),
         }
     }
 
@@ -510,6 +518,15 @@ impl Outbox {
     fn finish(&mut self, chat_id: i64, ctx: &mut Context<Self>) {
         self.lanes.finish(chat_id, Instant::now());
         self.pump(ctx);
+        self.answer_drained();
+    }
+
+    fn answer_drained(&mut self) {
+        if self.lanes.queued() == 0 && self.stats.in_flight == 0 {
+            for waiter in self.drain_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
     }
 
     /// Records a 429 with the shared limits; a global pause it starts is
@@ -638,6 +655,19 @@ impl Handler<Post> for Outbox {
 
     fn handle(&mut self, msg: Post, ctx: &mut Self::Context) {
         self.enqueue(msg.chat_id, msg.requests, msg.reply, ctx);
+    }
+}
+
+impl Handler<Drained> for Outbox {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Drained, _: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.drain_waiters.push(tx);
+        self.answer_drained();
+        Box::pin(async move {
+            let _ = rx.await;
+        })
     }
 }
 
