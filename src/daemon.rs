@@ -37,7 +37,7 @@ use crate::intake::polling::{Poller, StopPolling};
 use crate::journal::{DoneMarks, Flush, Journal};
 use crate::pdf::jobs::{PdfJobs, ResumeJobs, StopJobs};
 use crate::router::{Replay, Router, Sessions, StopIntake};
-use crate::session::{AdminDeps, Documents, Session, SessionDeps};
+use crate::session::{AdminDeps, Documents, Policy, Session, SessionDeps};
 use crate::storage::Storage;
 use crate::telegram::outbox::{GlobalLimit, Limits, Outbox};
 use crate::telegram::params::{DeleteWebhookParams, SetMyCommandsParams, SetWebhookParams};
@@ -165,21 +165,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         storage: storage.clone(),
         telegram: telegram.clone(),
         done: done_marks.clone(),
-        limits: RateLimits::from_config(&config),
-        bot_username: username,
-        stats_ttl: config.stats_cache_ttl(),
+        policy: Arc::new(Policy {
+            limits: RateLimits::from_config(&config),
+            bot_username: username,
+            stats_ttl: config.stats_cache_ttl(),
+            user_queue: config.ai_user_queue,
+            history_turns: assistant.history_turns(),
+            max_photos: config.max_photos_per_pdf,
+            notice_ahead: config.queue_notice_ahead,
+        }),
         assistant,
         pace: Pace {
             draft: Config::secs(config.draft_interval),
             edit: Config::secs(config.edit_interval),
             typing: Config::secs(config.typing_interval),
         },
-        user_queue: config.ai_user_queue,
         documents: Documents {
             pdf: pdf.clone(),
             images: images.clone(),
-            max_photos: config.max_photos_per_pdf,
-            notice_ahead: config.queue_notice_ahead,
         },
         admins: config.admin_ids.clone(),
         admin: admin.clone(),

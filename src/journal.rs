@@ -165,13 +165,20 @@ impl DoneMarks {
 #[rtype(result = "()")]
 pub struct Flush;
 
+/// Why a batch was not journaled.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the inbox could not be written: {0}")]
-pub struct JournalError(pub String);
+pub enum JournalError {
+    /// The write failed; every batch in it hears the same cause.
+    #[error("the inbox could not be written: {0}")]
+    Storage(#[source] Arc<StorageError>),
+    /// The journal went away before it answered.
+    #[error("the journal stopped before the batch was written")]
+    Stopped,
+}
 
 impl From<StorageError> for JournalError {
     fn from(err: StorageError) -> Self {
-        JournalError(err.to_string())
+        JournalError::Storage(Arc::new(err))
     }
 }
 
@@ -268,7 +275,7 @@ impl Journal {
                 }
                 Err(err) => {
                     let err = JournalError::from(err);
-                    this.note_failure(&err.0);
+                    this.note_failure(&err.to_string());
                     for record in records {
                         let _ = record.reply.send(Err(err.clone()));
                     }
@@ -332,11 +339,7 @@ impl Handler<Record> for Journal {
             retried: false,
         });
         self.write(ctx);
-        Box::pin(async move {
-            answer
-                .await
-                .unwrap_or_else(|_| Err(JournalError("the journal stopped".into())))
-        })
+        Box::pin(async move { answer.await.unwrap_or_else(|_| Err(JournalError::Stopped)) })
     }
 }
 

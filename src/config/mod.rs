@@ -9,7 +9,8 @@
 //!
 //! Environment values are typed by the default they override, which is what
 //! lets a malformed value stop the start with one line naming the variable
-//! and what it expected. Nothing else in the program reads `std::env`.
+//! and what it expected. Apart from `RUST_LOG`, which `main` reads for the
+//! log filter, nothing else in the program reads `std::env`.
 
 mod secret;
 

@@ -28,6 +28,13 @@ impl Secret {
         self.0.is_empty()
     }
 
+    /// Whether `presented` is this secret, compared in constant time so
+    /// that the time an answer takes tells nothing about the secret.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(presented).into()
+    }
+
     fn shown(&self) -> &str {
         if self.0.is_empty() { "" } else { REDACTED }
     }
@@ -134,6 +141,16 @@ impl<'de> Deserialize<'de> for SecretUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_matches_itself_only() {
+        let secret = Secret::new("abc");
+        assert!(secret.matches(b"abc"));
+        assert!(!secret.matches(b"abd"));
+        assert!(!secret.matches(b"abcd"));
+        assert!(!secret.matches(b"ab"));
+        assert!(!Secret::new("").matches(b"a"));
+    }
 
     #[test]
     fn passwords_with_slashes_and_in_queries_are_hidden() {

@@ -43,9 +43,9 @@ pub enum PhotoError {
     #[error("the file is larger than {max} bytes")]
     TooLarge { max: usize },
     #[error("could not fetch the file from Telegram: {0}")]
-    Download(TelegramError),
+    Download(#[source] TelegramError),
     #[error("{0}")]
-    Image(ImageError),
+    Image(#[source] ImageError),
     #[error("the image workers are busy")]
     Busy,
     #[error("image processing failed: {0}")]

@@ -1,7 +1,8 @@
 //! Webhook intake: the route Telegram posts updates to.
 //!
 //! A request without the right `X-Telegram-Bot-Api-Secret-Token` is refused
-//! with 401 before its body is read. An update is answered 200 only after
+//! with 401 and its body left unparsed (actix-web has read it, up to
+//! [`MAX_BODY`], before the handler runs; a longer one is refused with 413). An update is answered 200 only after
 //! the router has taken it; if the router cannot take it (shutting down,
 //! overloaded) the answer is 503 and Telegram delivers it again later.
 //! A body that is not an update is logged and acknowledged: Telegram would
@@ -33,7 +34,7 @@ pub async fn receive(
         .get(SECRET_HEADER)
         .map(|value| value.as_bytes())
         .unwrap_or_default();
-    if !constant_time_eq(given, state.secret.expose().as_bytes()) {
+    if !state.secret.matches(given) {
         log::warn!(
             "webhook: refused a request with a wrong secret from {}",
             request
@@ -70,26 +71,5 @@ pub async fn receive(
             log::warn!("webhook: update_id={update_id} not taken, Telegram will retry: {err}");
             HttpResponse::ServiceUnavailable().finish()
         }
-    }
-}
-
-/// Compares secrets without leaking their common prefix length in timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secret_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert!(!constant_time_eq(b"", b"x"));
     }
 }

@@ -34,7 +34,7 @@ use super::report::{
 use crate::config::Config;
 use crate::images::{ImagePool, PhotoRef, Prepare};
 use crate::metrics;
-use crate::storage::{JobRow, NewJob, Storage, job_status};
+use crate::storage::{JobRow, NewJob, Storage, StorageError, job_status};
 use crate::telegram::params::SendDocumentParams;
 use crate::telegram::{Request, Telegram, Upload, text_requests};
 
@@ -105,7 +105,9 @@ pub enum Refused {
     #[error("the PDF queue is full")]
     Busy,
     #[error("the job could not be recorded: {0}")]
-    Storage(String),
+    Storage(#[source] StorageError),
+    #[error("the job ended before it was queued")]
+    Ended,
 }
 
 /// Accepts a job: records it, queues it, answers its place in the queue.
@@ -272,7 +274,7 @@ impl Handler<SubmitJob> for PdfJobs {
                 Ok(row) => row,
                 Err(err) => {
                     log::warn!("could not record a job: {err}");
-                    return Err(Refused::Storage(err.to_string()));
+                    return Err(Refused::Storage(err));
                 }
             };
             log::info!(
@@ -284,9 +286,7 @@ impl Handler<SubmitJob> for PdfJobs {
             );
             let (reply, answer) = oneshot::channel();
             me.do_send(Launch { row, spec, reply });
-            answer
-                .await
-                .unwrap_or(Err(Refused::Storage("the job ended early".into())))
+            answer.await.unwrap_or(Err(Refused::Ended))
         })
     }
 }

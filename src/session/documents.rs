@@ -77,7 +77,7 @@ impl Session {
         let submit = self.deps.documents.pdf.send(SubmitJob {
             user_id: self.chat_id,
             chat_id: self.chat_id,
-            admin: self.chat.policy.admin,
+            admin: self.chat.admin,
             spec: spec.clone(),
         });
         let update = update.clone();
@@ -88,7 +88,7 @@ impl Session {
                     wait: position.and_then(|p| p.estimated_wait),
                 },
                 Ok(Err(Refused::Busy)) => JobAnswer::Busy,
-                Ok(Err(Refused::Storage(_))) | Err(_) => JobAnswer::Failed,
+                Ok(Err(Refused::Storage(_) | Refused::Ended)) | Err(_) => JobAnswer::Failed,
             };
             let effects = this.chat.job_answered(spec, answer);
             this.apply(&update, effects, ctx);

@@ -39,7 +39,6 @@ use tokio::sync::oneshot;
 use crate::ai::Assistant;
 use crate::ai::reply::Pace;
 use crate::bot::commands;
-use crate::bot::ratelimit::RateLimits;
 use crate::cache::Cache;
 use crate::health::HealthChecker;
 use crate::images::ImagePool;
@@ -49,7 +48,8 @@ use crate::pdf::jobs::PdfJobs;
 use crate::storage::{DeadLetter, Storage, UserRecord};
 use crate::telegram::update::RawUpdate;
 use crate::telegram::{Telegram, text_requests};
-use state::{Chat, Effect, Policy};
+pub use state::Policy;
+use state::{Chat, Effect};
 
 /// How often a session with unsaved changes writes them.
 const SAVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -59,34 +59,15 @@ pub struct SessionDeps {
     pub storage: Storage,
     pub telegram: Telegram,
     pub done: DoneMarks,
-    pub limits: RateLimits,
-    pub bot_username: String,
-    pub stats_ttl: Duration,
     pub assistant: Assistant,
     pub pace: Pace,
-    /// Questions a user may have waiting behind the one being answered.
-    pub user_queue: usize,
     pub documents: Documents,
+    /// What decides, shared by every session.
+    pub policy: Arc<Policy>,
     /// Users whose jobs go first and who may run admin commands.
     pub admins: Vec<i64>,
     /// Set once the health checker runs.
     pub admin: Arc<OnceLock<AdminDeps>>,
-}
-
-impl SessionDeps {
-    /// The policy of one chat's session.
-    fn policy(&self, chat_id: i64) -> Policy {
-        Policy {
-            limits: self.limits,
-            bot_username: self.bot_username.clone(),
-            stats_ttl: self.stats_ttl,
-            user_queue: self.user_queue,
-            history_turns: self.assistant.history_turns(),
-            max_photos: self.documents.max_photos,
-            notice_ahead: self.documents.notice_ahead,
-            admin: self.admins.contains(&chat_id),
-        }
-    }
 }
 
 /// What the admin commands read from.
@@ -96,13 +77,10 @@ pub struct AdminDeps {
     pub started: Instant,
 }
 
-/// The PDF side of a session: where photos and jobs go, and its limits.
+/// The PDF side of a session: where photos and jobs go.
 pub struct Documents {
     pub pdf: Addr<PdfJobs>,
     pub images: Addr<ImagePool>,
-    pub max_photos: usize,
-    /// Jobs ahead of a new one from which its user is told the position.
-    pub notice_ahead: usize,
 }
 
 /// An update for the chat's session.
@@ -132,15 +110,17 @@ pub struct Session {
     unreadable_state: bool,
     /// Stops the answer under way.
     cancel: Option<oneshot::Sender<()>>,
-    /// The update being handled, until its handler returns.
-    handling: Option<RawUpdate>,
+    /// The update being handled, until its handler returns: its id and
+    /// text, which cost a reference count to keep.
+    handling: Option<(i64, Arc<str>)>,
     /// The update a crash interrupted, and how many times it has.
-    interrupted: Option<(RawUpdate, u32)>,
+    interrupted: Option<Box<(RawUpdate, u32)>>,
 }
 
 impl Session {
     pub fn new(chat_id: i64, deps: Arc<SessionDeps>) -> Session {
-        let chat = Chat::new(chat_id, deps.policy(chat_id), Instant::now());
+        let admin = deps.admins.contains(&chat_id);
+        let chat = Chat::new(chat_id, deps.policy.clone(), admin, Instant::now());
         Session {
             chat_id,
             deps,
@@ -306,7 +286,7 @@ impl Session {
                 update.update_id,
                 attempts + 1
             );
-            self.interrupted = Some((update.clone(), attempts));
+            self.interrupted = Some(Box::new((update.clone(), attempts)));
             return self.take_update(update, ctx);
         }
         log::error!(
@@ -337,7 +317,7 @@ impl Session {
     /// Handles one update, remembering it while it is handled: a panic
     /// meanwhile leaves it for [`Supervised::restarting`].
     fn take_update(&mut self, update: RawUpdate, ctx: &mut Context<Self>) {
-        self.handling = Some(update.clone());
+        self.handling = Some((update.update_id, update.body.clone()));
         self.on_update(update, ctx);
         self.handling = None;
         self.interrupted = None;
@@ -416,7 +396,8 @@ impl Actor for Session {
                             this.chat_id
                         ),
                     }
-                    if let Some((update, attempts)) = this.interrupted.take() {
+                    if let Some(interrupted) = this.interrupted.take() {
+                        let (update, attempts) = *interrupted;
                         this.retry(update, attempts, ctx);
                     }
                 }),
@@ -436,12 +417,17 @@ impl actix::Supervised for Session {
         // `started` counts the session again.
         metrics::USER_ACTORS.dec();
         // The update it crashed on is tried again first, a few times.
-        if let Some(update) = self.handling.take() {
-            let attempts = match &self.interrupted {
-                Some((before, n)) if before.update_id == update.update_id => n + 1,
+        if let Some((update_id, body)) = self.handling.take() {
+            let attempts = match self.interrupted.as_deref() {
+                Some((before, n)) if before.update_id == update_id => n + 1,
                 _ => 1,
             };
-            self.interrupted = Some((update, attempts));
+            match RawUpdate::from_json(&body) {
+                Some(update) => self.interrupted = Some(Box::new((update, attempts))),
+                None => log::error!(
+                    "update_id={update_id} crashed its session and cannot be read again"
+                ),
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 //! back in; the tests below drive the decisions without it.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use frankenstein::types::{ChatType, Message as TgMessage};
@@ -36,7 +37,8 @@ pub struct Question {
     pub private: bool,
 }
 
-/// What the session's policy is made of, from the configuration.
+/// What the sessions' policy is made of, from the configuration: one,
+/// shared by every session.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub limits: RateLimits,
@@ -50,8 +52,6 @@ pub struct Policy {
     pub max_photos: usize,
     /// Jobs ahead of a new one from which its user is told the position.
     pub notice_ahead: usize,
-    /// The chat's user may run admin commands, and their jobs go first.
-    pub admin: bool,
 }
 
 /// How the PDF jobs actor answered a submission.
@@ -126,7 +126,9 @@ struct Answering {
 
 /// One chat's state.
 pub struct Chat {
-    pub policy: Policy,
+    pub policy: Arc<Policy>,
+    /// The chat's user may run admin commands, and their jobs go first.
+    pub admin: bool,
     pub record: UserRecord,
     pub conversation: Conversation,
     /// Changes not saved yet.
@@ -143,24 +145,12 @@ pub struct Chat {
 
 impl Chat {
     /// A chat with a fresh record.
-    pub fn new(chat_id: i64, policy: Policy, now: Instant) -> Chat {
-        let millis = now_millis();
+    pub fn new(chat_id: i64, policy: Arc<Policy>, admin: bool, now: Instant) -> Chat {
         Chat {
             limiter: UserLimiter::new(&policy.limits, now),
             policy,
-            record: UserRecord {
-                user_id: chat_id,
-                chat_id,
-                username: None,
-                first_name: None,
-                language: None,
-                first_seen: millis,
-                last_seen: millis,
-                messages: 0,
-                ai_questions: 0,
-                reports: 0,
-                state: "{}".into(),
-            },
+            admin,
+            record: UserRecord::new(chat_id, now_millis()),
             conversation: Conversation::default(),
             dirty: false,
             stored: false,
@@ -254,7 +244,7 @@ impl Chat {
             }
             name @ ("health" | "performance" | "admin_stats") => {
                 // Anyone else gets the unknown-command reply.
-                if self.policy.admin {
+                if self.admin {
                     effects.push(Effect::Admin(name.to_string()));
                 } else {
                     effects.push(Effect::Warn(format!(
@@ -293,7 +283,7 @@ impl Chat {
     }
 
     fn priority(&self) -> u8 {
-        if self.policy.admin { 200 } else { 100 }
+        if self.admin { 200 } else { 100 }
     }
 
     /// Answers a question now, or after the one being answered, or refuses
@@ -492,14 +482,17 @@ mod tests {
             history_turns: 3,
             max_photos: 2,
             notice_ahead: 1,
-            admin: false,
         }
     }
 
     /// A chat and the time its tests start at.
     fn chat(policy: Policy) -> (Chat, Instant) {
+        chat_of(policy, false)
+    }
+
+    fn chat_of(policy: Policy, admin: bool) -> (Chat, Instant) {
         let now = Instant::now();
-        (Chat::new(CHAT, policy, now), now)
+        (Chat::new(CHAT, Arc::new(policy), admin, now), now)
     }
 
     fn update(id: i64, message: serde_json::Value) -> RawUpdate {
@@ -786,10 +779,7 @@ mod tests {
         );
         assert!(!effects.iter().any(|e| matches!(e, Effect::Admin(_))));
 
-        let (mut admin, now) = chat(Policy {
-            admin: true,
-            ..policy()
-        });
+        let (mut admin, now) = chat_of(policy(), true);
         let effects = text(&mut admin, 1, "/admin_stats", now);
         assert_eq!(effects.last(), Some(&Effect::Admin("admin_stats".into())));
         // An admin's photos go first.
