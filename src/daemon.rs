@@ -528,7 +528,7 @@ async fn replay(storage: &Storage, router: &Addr<Router>) -> anyhow::Result<()> 
 
 /// getMe until it answers. A refused token ends the start; anything else
 /// (no network, Telegram down) is waited out.
-async fn authorize(api: &BotApi) -> anyhow::Result<crate::telegram::types::User> {
+async fn authorize(api: &BotApi) -> anyhow::Result<crate::telegram::client::Me> {
     let mut delay = Duration::from_millis(500);
     loop {
         match api.get_me().await {

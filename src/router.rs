@@ -9,9 +9,11 @@
 //!
 //! The router runs supervised. Updates journaled and not yet handed to
 //! their sessions wait in a queue the router's restarts keep: a panic
-//! between the two (after which Telegram's copy of the batch is a duplicate
-//! the journal skips) cannot lose them; the restarted router hands them
-//! over before it takes anything new.
+//! between the two cannot lose them; the restarted router hands them over
+//! before it takes anything new. An update the journal already has is a
+//! duplicate only if this router has handed it over (or queued it): when a
+//! crash of the journal or the router lost a batch's answer after the
+//! inbox had it, intake offers the batch again, and those updates go on.
 //!
 //! Updates that name no chat (an unknown kind, a malformed body) are logged
 //! and skipped here; they are still taken, so Telegram does not send them
@@ -45,8 +47,43 @@ pub struct Replay(pub Vec<RawUpdate>);
 
 pub type Sessions = KeyedRegistry<i64, Session>;
 
-/// Updates taken and not yet in their sessions' mailboxes, oldest first.
-type Undelivered = Arc<Mutex<VecDeque<(i64, RawUpdate)>>>;
+/// How many handed-over update ids the router remembers: a resend from
+/// Telegram comes within seconds of the first delivery, far inside it.
+const REMEMBERED: usize = 16_384;
+
+/// What the router's restarts keep: the updates taken and not yet in their
+/// sessions' mailboxes, and the latest ones that are.
+#[derive(Default)]
+struct Handover {
+    /// Taken and not yet handed over, oldest first.
+    queue: VecDeque<(i64, RawUpdate)>,
+    /// The ids of the latest [`REMEMBERED`] updates handed over.
+    recent: HashSet<i64>,
+    order: VecDeque<i64>,
+}
+
+impl Handover {
+    fn handed_over(&mut self, update_id: i64) {
+        if self.recent.insert(update_id) {
+            self.order.push_back(update_id);
+        }
+        while self.order.len() > REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+    }
+
+    /// Whether an update the journal already had is one this router has
+    /// taken care of (handed over, or about to be). One it has not was
+    /// journaled by a batch whose answer a crash lost: it must be handed
+    /// over now, or it would wait for the next start.
+    fn knows(&self, update_id: i64) -> bool {
+        self.recent.contains(&update_id) || self.queue.iter().any(|(_, u)| u.update_id == update_id)
+    }
+}
+
+type Undelivered = Arc<Mutex<Handover>>;
 
 pub struct Router {
     sessions: Sessions,
@@ -96,7 +133,7 @@ fn routable(batch: Vec<RawUpdate>) -> Vec<(i64, RawUpdate)> {
         .collect()
 }
 
-fn lock(undelivered: &Undelivered) -> std::sync::MutexGuard<'_, VecDeque<(i64, RawUpdate)>> {
+fn lock(undelivered: &Undelivered) -> std::sync::MutexGuard<'_, Handover> {
     undelivered.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -108,19 +145,22 @@ async fn dispatch(
     undelivered: Undelivered,
     updates: Vec<(i64, RawUpdate)>,
 ) -> Result<(), HandoffError> {
-    lock(&undelivered).extend(updates);
+    lock(&undelivered).queue.extend(updates);
     loop {
-        let Some((chat_id, update)) = lock(&undelivered).front().cloned() else {
+        let Some((chat_id, update)) = lock(&undelivered).queue.front().cloned() else {
             return Ok(());
         };
+        let update_id = update.update_id;
         if let Err(RouteError::Closed(_) | RouteError::Full(_)) =
             sessions.route(chat_id, HandleUpdate(update)).await
         {
             // Journaled already: replayed at the next start.
-            lock(&undelivered).clear();
+            lock(&undelivered).queue.clear();
             return Err(HandoffError::ShuttingDown);
         }
-        lock(&undelivered).pop_front();
+        let mut handover = lock(&undelivered);
+        handover.queue.pop_front();
+        handover.handed_over(update_id);
     }
 }
 
@@ -130,7 +170,7 @@ impl Actor for Router {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(64);
         // After a restart: what was taken and not handed over goes first.
-        if !lock(&self.undelivered).is_empty() {
+        if !lock(&self.undelivered).queue.is_empty() {
             let work = dispatch(self.sessions.clone(), self.undelivered.clone(), Vec::new());
             ctx.wait(work.into_actor(self).map(|result, _, _| {
                 if let Err(err) = result {
@@ -143,7 +183,8 @@ impl Actor for Router {
     }
 }
 
-/// A restart keeps the undelivered queue and the stopping flag; the batch
+/// A restart keeps the undelivered queue, the handed-over ids and the
+/// stopping flag; the batch
 /// being journaled or handed over when it crashed is answered with an error,
 /// and intake offers it again.
 impl Supervised for Router {}
@@ -177,20 +218,24 @@ impl Handler<Incoming> for Router {
                 .await
                 .map_err(HandoffError::from)?
                 .map_err(|err| HandoffError::Unavailable(err.to_string()))?;
-            let fresh: Vec<_> = updates
-                .into_iter()
-                .filter(|(_, update)| {
-                    let is_new = new.contains(&update.update_id);
-                    if !is_new {
-                        metrics::UPDATES_SKIPPED
-                            .with_label_values(&["duplicate"])
-                            .inc();
-                        log::debug!("update_id={} is already journaled", update.update_id);
-                    }
-                    is_new
-                })
-                .collect();
-            lock(&undelivered).extend(fresh);
+            {
+                let mut handover = lock(&undelivered);
+                let fresh: Vec<_> = updates
+                    .into_iter()
+                    .filter(|(_, update)| {
+                        let is_new =
+                            new.contains(&update.update_id) || !handover.knows(update.update_id);
+                        if !is_new {
+                            metrics::UPDATES_SKIPPED
+                                .with_label_values(&["duplicate"])
+                                .inc();
+                            log::debug!("update_id={} is already journaled", update.update_id);
+                        }
+                        is_new
+                    })
+                    .collect();
+                handover.queue.extend(fresh);
+            }
             // Journaled and not yet handed over: the case the undelivered
             // queue is for.
             fault::hit("router");
@@ -228,5 +273,42 @@ impl Handler<Probe> for Router {
             Health::Healthy
         };
         MessageResult(self.vitals.report("router", health))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(id: i64) -> RawUpdate {
+        RawUpdate::from_json(&format!(
+            r#"{{"update_id":{id},"message":{{"chat":{{"id":1}}}}}}"#
+        ))
+        .expect("an update")
+    }
+
+    #[test]
+    fn a_duplicate_is_one_handed_over_or_queued() {
+        let mut handover = Handover::default();
+        handover.queue.push_back((1, update(7)));
+        handover.handed_over(5);
+        assert!(handover.knows(5), "handed over");
+        assert!(handover.knows(7), "queued");
+        assert!(
+            !handover.knows(6),
+            "journaled by a batch whose answer was lost"
+        );
+    }
+
+    #[test]
+    fn it_remembers_the_latest_handovers_only() {
+        let mut handover = Handover::default();
+        for id in 0..(REMEMBERED as i64 + 10) {
+            handover.handed_over(id);
+        }
+        handover.handed_over(20);
+        assert_eq!(handover.recent.len(), REMEMBERED);
+        assert_eq!(handover.order.len(), REMEMBERED);
+        assert!(!handover.knows(0) && handover.knows(REMEMBERED as i64 + 9));
     }
 }

@@ -438,3 +438,18 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+#[actix_rt::test]
+async fn a_document_is_uploaded_with_a_content_length() {
+    let ai = fake_ai();
+    let app = with_ai(&ai).start().await;
+    // As a proxy in front of a local Bot API server may: chunked bodies
+    // are refused with 411.
+    app.tg.require_content_length();
+    let user = 76_001;
+    exchange(&app, &ai, user, "What is a length?", "A count of bytes.").await;
+    app.tg.inject_text(user, "/report");
+    let (_, pdf) = wait_for_document(&app, user, 1).await;
+    let text = extract_text(&pdf).expect("extracts").join("\n");
+    assert!(text.contains("A count of bytes."), "{text}");
+}

@@ -162,3 +162,27 @@ async fn the_token_never_reaches_the_log() {
         "the API URL is logged, redacted:\n{log}"
     );
 }
+
+#[actix_rt::test]
+async fn a_bot_api_server_whose_get_me_leaves_out_fields_is_served() {
+    let fake = actorbot_testkit::telegram::FakeTelegram::start(
+        actorbot_testkit::telegram::FakeTelegramConfig {
+            token: TOKEN.to_string(),
+            ..Default::default()
+        },
+    )
+    .expect("the fake Telegram starts");
+    // As some emulators answer: no `is_bot`, no `can_*` flags.
+    fake.answer_minimal_get_me();
+    let app = TestApp::builder().with_fake(fake).start().await;
+    assert!(
+        app.log().contains("authorized as @fake_actorbot"),
+        "{}",
+        app.log()
+    );
+    app.tg.inject_text(43, "/start");
+    app.tg
+        .wait_for_messages(43, 1, WAIT)
+        .await
+        .expect("answered");
+}

@@ -25,7 +25,7 @@ use frankenstein::methods::{
     SetMyCommandsParams, SetWebhookParams,
 };
 use frankenstein::response::ResponseParameters;
-use frankenstein::types::{File, User};
+use frankenstein::types::File;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +35,21 @@ use crate::config::{Config, Secret};
 /// What the bot keeps of a message it sent. Telegram answers with the
 /// whole `Message`; only its id is ever used (edits refer to it), and
 /// reading just that skips building the rest on every reply.
+/// A multipart body, read into one buffer.
+async fn collect_body(body: multipart::Body<'_>) -> Result<Bytes, String> {
+    actix_web::body::to_bytes(body)
+        .await
+        .map_err(|err| format!("cannot encode the form: {err}"))
+}
+
+/// The bot as getMe describes it: the fields the daemon uses.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Me {
+    pub id: i64,
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct Sent {
     pub message_id: i32,
@@ -247,11 +262,21 @@ impl BotApi {
             upload.file_name,
             upload.mime,
         );
+        let content_type = form.content_type();
+        // The document is in memory: the body is sent whole, with a
+        // Content-Length, which proxies in front of a Bot API server may
+        // require (a streamed body would go chunked).
+        let body = collect_body(multipart::Body::from(form))
+            .await
+            .map_err(|message| TelegramError::Refused {
+                method: method.to_string(),
+                message,
+            })?;
         let response = self
             .http
             .post(self.endpoint.method_url(method))
-            .content_type(form.content_type())
-            .send_body(multipart::Body::from(form))
+            .content_type(content_type)
+            .send_body(body)
             .await;
         self.decode(method, response).await
     }
@@ -281,7 +306,10 @@ impl BotApi {
         parse_response(method, status, &body)
     }
 
-    pub async fn get_me(&self) -> Result<User, TelegramError> {
+    /// Who the bot is: only what the daemon uses is read, so a Bot API
+    /// server that leaves out other fields (`is_bot`, the `can_*` flags)
+    /// still answers.
+    pub async fn get_me(&self) -> Result<Me, TelegramError> {
         self.call("getMe", &serde_json::json!({})).await
     }
 

@@ -252,6 +252,18 @@ impl FakeTelegram {
         })
     }
 
+    /// Answers getMe with only the fields every Bot API server sends (`id`,
+    /// `first_name`, `username`), as some emulators do.
+    pub fn answer_minimal_get_me(&self) {
+        self.state().update(|s| s.minimal_get_me = true);
+    }
+
+    /// Refuses request bodies sent without a `Content-Length` (chunked)
+    /// with 411, as some proxies in front of a Bot API server do.
+    pub fn require_content_length(&self) {
+        self.state().update(|s| s.require_content_length = true);
+    }
+
     /// Answers the next call matching `when` with `failure` instead.
     pub fn fail_next(&self, when: FailureMatch, failure: Failure) {
         self.state().update(|s| s.failures.push((when, failure)));

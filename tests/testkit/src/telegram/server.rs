@@ -147,6 +147,14 @@ async fn api(
     if token != shared.token {
         return respond(Err(ApiError::new(401, "Unauthorized")));
     }
+    // As proxies in front of a local Bot API server do: a body must say
+    // its length.
+    let chunked = request.headers().get("transfer-encoding").is_some()
+        || (request.headers().get("content-length").is_none()
+            && request.headers().get("content-type").is_some());
+    if chunked && shared.state.read(|s| s.require_content_length) {
+        return HttpResponse::LengthRequired().body("411 Length Required");
+    }
     let (params, files) = match read_params(request, payload).await {
         Ok(parsed) => parsed,
         Err(message) => return respond(Err(ApiError::bad_request(&message))),
@@ -236,6 +244,10 @@ fn call(
         });
     }
     match method.to_ascii_lowercase().as_str() {
+        "getme" if s.minimal_get_me => Ok(json!({
+            "id": bot_id, "first_name": "Fake actorbot", "username": "fake_actorbot",
+        })
+        .into()),
         "getme" => Ok(json!({
             "id": bot_id, "is_bot": true, "first_name": "Fake actorbot",
             "username": "fake_actorbot", "can_join_groups": true,

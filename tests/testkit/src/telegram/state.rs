@@ -190,6 +190,11 @@ pub struct FakeState {
     /// reached: a load test waiting for 100,000 replies is not woken by
     /// each of them.
     pub(crate) total_waiters: Vec<(usize, tokio::sync::oneshot::Sender<()>)>,
+    /// Answer getMe with only `id`, `first_name` and `username`, as some
+    /// Bot API emulators do.
+    pub(crate) minimal_get_me: bool,
+    /// Refuse request bodies without a `Content-Length` (411).
+    pub(crate) require_content_length: bool,
 }
 
 impl FakeState {
@@ -216,6 +221,8 @@ impl FakeState {
             record_calls,
             allowed_updates: Vec::new(),
             total_waiters: Vec::new(),
+            minimal_get_me: false,
+            require_content_length: false,
         }
     }
 
