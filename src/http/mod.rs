@@ -270,8 +270,15 @@ fn supervised_node(
             node.intensity.period.as_secs_f64()
         ));
     }
-    let supervision = json!({
-        "supervisor": supervisor,
+    report
+        .details
+        .insert("supervision".into(), supervision(node, Some(supervisor)));
+    report
+}
+
+/// How a node of the tree is supervised, as `/actors` shows it.
+fn supervision(node: &NodeReport, supervisor: Option<&str>) -> serde_json::Value {
+    let mut shown = json!({
         "kind": node.kind,
         "strategy": node.strategy,
         "intensity": node.intensity,
@@ -279,8 +286,10 @@ fn supervised_node(
         "last_crash": node.last_crash,
         "given_up": node.given_up,
     });
-    report.details.insert("supervision".into(), supervision);
-    report
+    if let Some(supervisor) = supervisor {
+        shown["supervisor"] = json!(supervisor);
+    }
+    shown
 }
 
 fn outbox_node(shards: Vec<ProbeReport>) -> ProbeReport {
@@ -377,17 +386,7 @@ async fn actors(observed: web::Data<Observed>) -> HttpResponse {
     let tree = observed.tree.report();
     let mut root = ProbeReport::new(tree.name.clone(), health)
         .detail("uptime_s", observed.started.elapsed().as_secs())
-        .detail(
-            "supervision",
-            json!({
-                "kind": tree.kind,
-                "strategy": tree.strategy,
-                "intensity": tree.intensity,
-                "restarts": tree.restarts,
-                "last_crash": tree.last_crash,
-                "given_up": tree.given_up,
-            }),
-        );
+        .detail("supervision", supervision(&tree, None));
     root.restarts = tree.restarts;
     root.children = reports;
     HttpResponse::Ok().json(root)
