@@ -114,7 +114,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
         })
         .collect();
-    let telegram = Telegram::sharded(shards.clone());
+    let telegram = Telegram::sharded(shards.clone(), shard_limits.capacity);
     let done_marks = DoneMarks::new(journal.clone());
     let cache = Arc::new(
         open_cache(
@@ -487,6 +487,8 @@ fn ai_settings(config: &Config) -> (Backend, PoolLimits) {
         max_tokens: config.ai_max_tokens,
         stream: config.ai_stream,
         timeout: config.http_timeout(),
+        first_token_timeout: Config::secs(config.ai_first_token_timeout),
+        idle_timeout: Config::secs(config.ai_stream_idle_timeout),
     };
     let limits = PoolLimits {
         in_flight: config.ai_semaphore_limit,

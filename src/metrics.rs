@@ -119,6 +119,17 @@ pub static REPLIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Replies that had to wait for room in the outbox, holding their session.
+pub static REPLIES_HELD: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "replies_held_total",
+            "Replies that waited for room in the outbox before they were queued",
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// Per-user actors alive now.
 pub static USER_ACTORS: LazyLock<IntGauge> = LazyLock::new(|| {
     register(IntGauge::new("user_actors", "Per-user actors alive").expect("valid metric"))

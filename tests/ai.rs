@@ -380,3 +380,54 @@ async fn long_markdown_answers_arrive_whole_and_well_formed() {
     }
     assert_eq!(app.tg.rejected_429(), 0);
 }
+
+#[actix_rt::test]
+async fn a_backend_that_ends_its_stream_by_closing_the_connection_is_answered_in_full() {
+    use actorbot_testkit::wire::{Scripted, Step, close_delimited_head, completion_chunk};
+    let steps = vec![
+        close_delimited_head("text/event-stream"),
+        Step::text(&completion_chunk("Closed ", None, "\n\n")),
+        Step::Pause(Duration::from_millis(50)),
+        Step::text(&completion_chunk("by the server.", Some("stop"), "\n\n")),
+        Step::text("data: [DONE]\n\n"),
+    ];
+    let backend = Scripted::start(steps).expect("the scripted backend starts");
+    let app = common::unthrottled(TestApp::builder())
+        .env("AI_API_URL", backend.url())
+        .start()
+        .await;
+    app.tg.inject_text(77_001, "What happens?");
+    let answer = wait_for_text(&app, 77_001, "by the server.").await;
+    assert_eq!(answer, "Closed by the server.");
+    assert_eq!(backend.completions(), 1, "the answer was asked again");
+}
+
+#[actix_rt::test]
+async fn a_wrong_key_is_reported_once_and_the_user_told_plainly() {
+    let ai = FakeAi::start(FakeAiConfig {
+        api_key: Some("right-key".into()),
+        ..Default::default()
+    })
+    .expect("the fake AI starts");
+    let app = with_ai(&ai)
+        .env("AI_API_KEY", "wrong-key")
+        .env("ANTI_FLOOD_MESSAGES", 100)
+        .start()
+        .await;
+    app.tg.inject_text(77_101, "First?");
+    wait_for_text(&app, 77_101, "unavailable").await;
+    app.tg.inject_text(77_101, "Second?");
+    app.tg
+        .wait_for_messages(77_101, 2, WAIT)
+        .await
+        .expect("both answered");
+    let log = app.log();
+    // Not retried.
+    assert!(!log.contains("retrying in"), "{log}");
+    assert_eq!(
+        log.matches("check AI_API_KEY").count(),
+        1,
+        "one line for the operator: {log}"
+    );
+    assert!(!log.contains("wrong-key"), "the key reached the log");
+}

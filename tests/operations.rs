@@ -104,21 +104,8 @@ async fn an_unreachable_database_turns_ready_to_503() {
     let Some(db) = PgDatabase::create("an_unreachable_database_turns_ready_to_503") else {
         return;
     };
-    // postgres://user@host:port/name
-    let (user, rest) = db
-        .url
-        .trim_start_matches("postgres://")
-        .split_once('@')
-        .expect("a user");
-    let (host_port, name) = rest.split_once('/').expect("a database name");
-    let proxy = TcpProxy::start(host_port.parse().expect("host:port")).expect("the proxy starts");
-    let app = TestApp::builder()
-        .env(
-            "DATABASE_URL",
-            format!("postgres://{user}@{}/{name}", proxy.addr()),
-        )
-        .start()
-        .await;
+    let (proxy, url) = db.through_proxy();
+    let app = TestApp::builder().env("DATABASE_URL", url).start().await;
     let (status, _) = app.get("/ready").await;
     assert_eq!(status, 200);
     proxy.cut();

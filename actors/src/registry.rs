@@ -51,6 +51,10 @@
 //! full, which is the point. The actix mailbox underneath is unbounded so that
 //! a send never parks: the semaphore is the only bound.
 //!
+//! The number of children is bounded too: at most `max_children` live, and
+//! as many retiring. A message that needs a new child while both are at the
+//! bound waits (or is [`RouteError::Full`]) until a retiring child stops.
+//!
 //! # Children must handle messages one at a time
 //!
 //! A handler that returns a `ResponseActFuture` lets the next message (and
@@ -278,6 +282,9 @@ struct Shared<K, A: Actor> {
     queued: Arc<AtomicUsize>,
     /// Woken whenever the last entry leaves, for `shutdown`.
     drained: Notify,
+    /// Woken whenever a retiring child has stopped, for routers waiting to
+    /// start a new one.
+    retired_one: Notify,
     /// The tree and group the children are supervised in, if any.
     supervision: Option<(Tree, NodeId)>,
 }
@@ -378,6 +385,7 @@ where
             runtime: Handle::current(),
             queued: Arc::new(AtomicUsize::new(0)),
             drained: Notify::new(),
+            retired_one: Notify::new(),
             supervision,
         });
         shared.runtime.spawn(sweep_loop(Arc::downgrade(&shared)));
@@ -396,6 +404,9 @@ where
         let mut state = self.shared.lock();
         if state.closed {
             return Err(RouteError::Closed(msg));
+        }
+        if self.shared.no_room_for(&state, &key) {
+            return Err(RouteError::Full(msg));
         }
         match self.shared.slots(&mut state, &key).try_acquire_owned() {
             Ok(permit) => {
@@ -417,19 +428,32 @@ where
         M::Result: Send,
     {
         loop {
+            let room = self.shared.retired_one.notified();
+            tokio::pin!(room);
             let slots = {
                 let mut state = self.shared.lock();
                 if state.closed {
                     return Err(RouteError::Closed(msg));
                 }
-                let slots = self.shared.slots(&mut state, &key);
-                match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(permit) => {
-                        self.shared.deliver(&mut state, &key, msg, permit);
-                        return Ok(());
+                if self.shared.no_room_for(&state, &key) {
+                    // Registered before the lock is let go: a child that
+                    // stops meanwhile wakes it.
+                    room.as_mut().enable();
+                    None
+                } else {
+                    let slots = self.shared.slots(&mut state, &key);
+                    match Arc::clone(&slots).try_acquire_owned() {
+                        Ok(permit) => {
+                            self.shared.deliver(&mut state, &key, msg, permit);
+                            return Ok(());
+                        }
+                        Err(_) => Some(slots),
                     }
-                    Err(_) => slots,
                 }
+            };
+            let Some(slots) = slots else {
+                room.await;
+                continue;
             };
             // Closed when the child starts retiring: then look again.
             let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
@@ -509,6 +533,17 @@ where
         // The state stays consistent between statements, so a panic
         // elsewhere while holding the lock does not make it unusable.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a message for `key` must wait before a child can take it: it
+    /// needs a new child, the live ones are at the cap, and as many as that
+    /// are still retiring (saving, or finishing work they were waiting on).
+    /// Without this bound, children that retire slowly would pile up behind
+    /// new ones, and memory with them.
+    fn no_room_for(&self, state: &State<K, A>, key: &K) -> bool {
+        !state.entries.contains_key(key)
+            && state.stats.live >= self.config.max_children
+            && state.stats.retiring >= self.config.max_children
     }
 
     /// The mailbox slots for `key`, starting a child (and making room) if
@@ -638,6 +673,7 @@ where
     fn retired(self: &Arc<Self>, key: &K) {
         let mut state = self.lock();
         state.stats.retiring -= 1;
+        self.retired_one.notify_waiters();
         let held = match state.entries.get_mut(key) {
             Some(Entry {
                 phase: Phase::Retiring { held },
@@ -1206,6 +1242,46 @@ mod tests {
             ]
         );
         assert_eq!(store.saved(2), vec![100]);
+    }
+
+    #[actix_rt::test]
+    async fn a_new_child_waits_while_as_many_are_retiring_as_live() {
+        let (store, mut events) = Store::new();
+        let reg = registry(RegistryConfig::new(HOUR, 1), Vec::new(), &store);
+        reg.route(1, Deliver(1)).await.expect("routed");
+        let release = store.hold_next_persist();
+        // Key 2 takes the only place; key 1 retires and its persist is held.
+        reg.route(2, Deliver(2)).await.expect("routed");
+        let stats = reg.stats();
+        assert_eq!((stats.live, stats.retiring), (1, 1));
+
+        // A third key needs a new child: one live and one retiring is the
+        // bound, so it waits rather than pile up a second retiring child.
+        assert!(matches!(
+            reg.try_route(3, Deliver(3)),
+            Err(RouteError::Full(Deliver(3)))
+        ));
+        let waiting = reg.route(3, Deliver(30));
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), waiting.as_mut())
+                .await
+                .is_err(),
+            "routed past the bound"
+        );
+        assert_eq!(reg.stats().retiring, 1);
+        // Known keys still go through meanwhile.
+        reg.try_route(2, Deliver(22)).expect("a live key is routed");
+
+        let _ = release.send(());
+        waiting.await.expect("routed once key 1 has stopped");
+        let persisted = next_event(&mut events, |e| matches!(e, Event::Persisted(1, ..))).await;
+        assert_eq!(
+            persisted,
+            Event::Persisted(1, vec![1], RetireReason::Evicted)
+        );
+        reg.shutdown().await;
+        assert_eq!(store.saved(3), vec![30]);
     }
 
     /// Stops the child without a retire, as a child that gives up would.

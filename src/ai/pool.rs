@@ -12,7 +12,7 @@
 //!
 //! The pool decides on its own arbiter; the requests themselves run on the
 //! worker arbiters it is given (the sessions' threads), one after the other
-//! in turn, each with that thread's pooled awc client. A burst of a
+//! in turn, each with that thread's pooled HTTP client. A burst of a
 //! thousand connections and streams is then not one thread's work. The
 //! breaker is shared by all of them.
 
@@ -155,9 +155,9 @@ impl AiPool {
         self.next_id = self.next_id.wrapping_add(1);
         self.flying.insert(id, (user_id, reply));
         let pool = ctx.address();
-        // Built and run on the worker's thread: awc clients and their
-        // futures stay on the thread that made them. The result comes back
-        // as a message, which a restart of the pool does not lose.
+        // Built and run on the worker's thread, with that thread's client and
+        // connections. The result comes back as a message, which a restart
+        // of the pool does not lose.
         let attempt = move || {
             actix_rt::spawn(async move {
                 let http = client.get();
@@ -257,7 +257,7 @@ impl AiPool {
 /// Tries a request up to `attempts` times; answers the result and how many
 /// retries it took.
 async fn attempt_all(
-    http: awc::Client,
+    http: reqwest::Client,
     backend: Backend,
     breaker: Arc<Mutex<CircuitBreaker>>,
     attempts: u32,
@@ -285,6 +285,7 @@ async fn attempt_all(
             _ = &mut cancel => Err(AiError::Cancelled),
         };
         metrics::AI_REQUEST_SECONDS.observe(started.elapsed().as_secs_f64());
+        note_refusal(&result);
         match &result {
             Ok(_) => lock(&breaker).succeeded(),
             Err(err) if err.is_backend_failure() => lock(&breaker).failed(Instant::now()),
@@ -318,6 +319,33 @@ async fn attempt_all(
     }
 }
 
+/// The status of the last refusal logged, 0 after a success.
+static LAST_REFUSAL: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// A 400, 401, 403 or 404 is the operator's mistake (a wrong key, model
+/// name or URL), not the backend's trouble: it is not retried, the user is
+/// told the assistant is unavailable, and the log says so once in one line
+/// until an answer succeeds again.
+fn note_refusal(result: &Result<String, AiError>) {
+    use std::sync::atomic::Ordering;
+    match result {
+        Ok(_) => LAST_REFUSAL.store(0, Ordering::Relaxed),
+        Err(AiError::Status { code, message, .. }) if matches!(code, 400 | 401 | 403 | 404) => {
+            if LAST_REFUSAL.swap(*code, Ordering::Relaxed) != *code {
+                let hint = match code {
+                    401 | 403 => "check AI_API_KEY",
+                    404 => "check AI_API_URL and AI_MODEL",
+                    _ => "check AI_MODEL and AI_MAX_TOKENS",
+                };
+                log::error!(
+                    "the AI backend refuses every question ({code}: {message}); {hint}. Users are told the assistant is unavailable"
+                );
+            }
+        }
+        Err(_) => {}
+    }
+}
+
 fn lock(breaker: &Mutex<CircuitBreaker>) -> std::sync::MutexGuard<'_, CircuitBreaker> {
     breaker.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -331,9 +359,9 @@ struct ClientSettings {
 
 thread_local! {
     /// Each worker thread's client, with its pool of keep-alive
-    /// connections, built on its first request. awc clients belong to the
-    /// thread that made them.
-    static CLIENT: RefCell<Option<awc::Client>> = const { RefCell::new(None) };
+    /// connections, built on its first request: the connections' tasks run
+    /// on the thread that opened them.
+    static CLIENT: RefCell<Option<reqwest::Client>> = const { RefCell::new(None) };
 }
 
 impl ClientSettings {
@@ -346,20 +374,21 @@ impl ClientSettings {
     }
 
     /// This thread's client, built on first use.
-    fn get(self) -> awc::Client {
+    fn get(self) -> reqwest::Client {
         CLIENT.with(|client| {
             client
                 .borrow_mut()
                 .get_or_insert_with(|| {
-                    let connector = awc::Connector::new()
-                        .rustls_0_23(std::sync::Arc::new(crate::telegram::client::tls_config()))
-                        .limit(self.connections)
-                        .conn_keep_alive(Duration::from_secs(90))
-                        .timeout(self.timeout.min(Duration::from_secs(10)));
-                    awc::Client::builder()
-                        .connector(connector)
-                        .timeout(self.timeout)
-                        .finish()
+                    reqwest::Client::builder()
+                        .use_preconfigured_tls(crate::telegram::client::tls_config())
+                        .pool_max_idle_per_host(self.connections)
+                        .pool_idle_timeout(Duration::from_secs(90))
+                        .connect_timeout(self.timeout.min(Duration::from_secs(10)))
+                        .build()
+                        .unwrap_or_else(|err| {
+                            log::error!("the AI client cannot be set up as configured ({err}); using the defaults");
+                            reqwest::Client::new()
+                        })
                 })
                 .clone()
         })

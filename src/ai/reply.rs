@@ -80,8 +80,11 @@ pub async fn show_progress(
                 .chat_id(chat_id)
                 .action(ChatAction::Typing)
                 .build();
-            // Not awaited: "typing…" must not hold up the answer.
-            drop(telegram.post(chat_id, vec![Request::ChatAction(action)]));
+            // Not awaited, and left out while the outbox is full: "typing…"
+            // must not hold up the answer.
+            if let Some(room) = telegram.try_room(chat_id, 1) {
+                drop(telegram.post_in(room, chat_id, vec![Request::ChatAction(action)]));
+            }
             next_typing = now + pace.typing;
         }
         if changed && !shown.text.is_empty() && now >= next_update {

@@ -93,6 +93,7 @@ pub struct Config {
     pub telegram_group_per_minute: f64,
     pub telegram_group_burst: u32,
     pub telegram_send_attempts: u32,
+    pub telegram_send_patience: f64,
     pub outbox_capacity: usize,
 
     pub http_addr: SocketAddr,
@@ -101,6 +102,7 @@ pub struct Config {
     pub db_pool_min_size: u32,
     pub db_pool_max_size: u32,
     pub data_dir: PathBuf,
+    pub sqlite_synchronous: String,
     pub redis_url: SecretUrl,
 
     pub ai_api_url: String,
@@ -110,6 +112,8 @@ pub struct Config {
     pub ai_history_turns: usize,
     pub ai_max_tokens: u32,
     pub ai_stream: bool,
+    pub ai_first_token_timeout: f64,
+    pub ai_stream_idle_timeout: f64,
     pub ai_semaphore_limit: usize,
     pub ai_queue_size: usize,
     pub ai_per_user_inflight: usize,
@@ -269,6 +273,9 @@ impl Config {
             ("user_state_timeout", self.user_state_timeout),
             ("ai_breaker_cooldown", self.ai_breaker_cooldown),
             ("ai_cache_ttl", self.ai_cache_ttl),
+            ("ai_first_token_timeout", self.ai_first_token_timeout),
+            ("ai_stream_idle_timeout", self.ai_stream_idle_timeout),
+            ("telegram_send_patience", self.telegram_send_patience),
             ("draft_interval", self.draft_interval),
             ("edit_interval", self.edit_interval),
             ("typing_interval", self.typing_interval),
@@ -321,6 +328,12 @@ impl Config {
             if value == 0 {
                 return Err(invalid(name, "expected a positive integer"));
             }
+        }
+        if !["normal", "full", "extra"].contains(&self.sqlite_synchronous.as_str()) {
+            return Err(invalid(
+                "sqlite_synchronous",
+                "expected normal, full or extra",
+            ));
         }
         if self.db_pool_min_size > self.db_pool_max_size {
             return Err(invalid(

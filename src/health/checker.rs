@@ -327,10 +327,10 @@ impl HealthChecker {
             Notice::Resolved(_) => log::info!("{text}"),
         }
         for admin in &self.admins {
-            let delivery = self.telegram.post(*admin, text_requests(*admin, &text));
-            let admin = *admin;
+            let (telegram, admin, requests) =
+                (self.telegram.clone(), *admin, text_requests(*admin, &text));
             actix_rt::spawn(async move {
-                if let Err(err) = delivery.await {
+                if let Err(err) = telegram.post(admin, requests).await {
                     log::warn!("could not send an alert to admin {admin}: {err}");
                 }
             });

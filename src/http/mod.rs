@@ -37,6 +37,12 @@ use crate::telegram::Telegram;
 /// How long a probed actor may take to answer before it counts as unhealthy.
 pub const PROBE_DEADLINE: Duration = Duration::from_secs(1);
 const DB_DEADLINE: Duration = Duration::from_secs(2);
+/// A client has this long to send its request head.
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle kept-alive connection is closed after this long.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Connections each of the server's two workers serves at once.
+const MAX_CONNECTIONS_PER_WORKER: usize = 512;
 
 /// What the operator endpoints read from.
 #[derive(Clone)]
@@ -69,7 +75,6 @@ impl Observed {
         let shards: Vec<(String, Recipient<Probe>)> = self
             .telegram
             .shards()
-            .iter()
             .enumerate()
             .map(|(i, shard)| (format!("outbox shard {i}"), shard.clone().recipient()))
             .collect();
@@ -168,39 +173,49 @@ pub fn server(
             .app_data(web::Data::new(ops.clone()))
             .app_data(guard.clone())
             .app_data(retry.clone())
-            .route("/health", web::get().to(health))
-            .route("/ready", web::get().to(ops::ready))
-            .route("/actors", web::get().to(actors))
-            .route("/metrics", web::get().to(metrics_text))
-            .route("/performance/status", web::get().to(ops::status))
-            .route(
+            .service(endpoint("/health", web::get().to(health)))
+            .service(endpoint("/ready", web::get().to(ops::ready)))
+            .service(endpoint("/actors", web::get().to(actors)))
+            .service(endpoint("/metrics", web::get().to(metrics_text)))
+            .service(endpoint("/performance/status", web::get().to(ops::status)))
+            .service(endpoint(
                 "/performance/metrics",
                 web::get().to(ops::performance_metrics),
-            )
-            .route("/performance/history", web::get().to(ops::history))
-            .route("/config", web::get().to(ops::config))
-            .route("/dashboard", web::get().to(ops::dashboard))
-            .route("/dead-letters", web::get().to(dead_letters::list))
-            .route(
+            ))
+            .service(endpoint(
+                "/performance/history",
+                web::get().to(ops::history),
+            ))
+            .service(endpoint("/config", web::get().to(ops::config)))
+            .service(endpoint("/dashboard", web::get().to(ops::dashboard)))
+            .service(endpoint("/dead-letters", web::get().to(dead_letters::list)))
+            .service(endpoint(
                 "/dead-letters/{update_id}/retry",
                 web::post().to(dead_letters::retry),
-            )
-            .route(
+            ))
+            .service(endpoint(
                 "/dead-letters/{update_id}",
                 web::delete().to(dead_letters::drop),
-            );
+            ));
         if debug {
-            app = app.route("/debug/stall/{actor}", web::post().to(ops::stall));
+            app = app.service(endpoint("/debug/stall/{actor}", web::post().to(ops::stall)));
         }
         if let Some((path, state)) = &webhook {
             app = app
                 .app_data(state.clone())
-                .app_data(web::PayloadConfig::new(webhook::MAX_BODY))
-                .route(path, web::post().to(webhook::receive));
+                .service(endpoint(path, web::post().to(webhook::receive)));
         }
         app.wrap(actix_web::middleware::from_fn(ops::guard))
     })
     .workers(2)
+    // A hostile or broken client cannot hold the server: headers must come
+    // within the request timeout, idle connections close, and each worker
+    // takes at most so many connections at once (the rest wait in the
+    // kernel's backlog).
+    .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .keep_alive(KEEP_ALIVE)
+    .max_connections(MAX_CONNECTIONS_PER_WORKER)
     .disable_signals()
     .shutdown_timeout(5)
     .bind(config.http_addr)?
@@ -208,8 +223,6 @@ pub fn server(
     Ok(server)
 }
 
-/// One node for the outbox, its shards as children: figures summed, health
-/// the worst of them.
 /// Lays the probe reports out as the supervision tree: each node of the
 /// tree with its actor's figures, its supervision (supervisor, strategy,
 /// intensity, restarts, last crash) and its restarts counted in. Reports of
@@ -292,6 +305,15 @@ fn supervision(node: &NodeReport, supervisor: Option<&str>) -> serde_json::Value
     shown
 }
 
+/// A path that answers one method, and every other one with 405.
+fn endpoint(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(HttpResponse::MethodNotAllowed))
+}
+
+/// One node for the outbox, its shards as children: figures summed, health
+/// the worst of them.
 fn outbox_node(shards: Vec<ProbeReport>) -> ProbeReport {
     let mut node = ProbeReport::new("outbox", worst(&shards)).detail("shards", shards.len());
     for shard in &shards {

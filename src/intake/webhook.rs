@@ -1,8 +1,10 @@
 //! Webhook intake: the route Telegram posts updates to.
 //!
 //! A request without the right `X-Telegram-Bot-Api-Secret-Token` is refused
-//! with 401 and its body left unparsed (actix-web has read it, up to
-//! [`MAX_BODY`], before the handler runs; a longer one is refused with 413). An update is answered 200 only after
+//! with 401 before any of its body is read. A body over [`MAX_BODY`] is
+//! refused with 413: at once when its `Content-Length` says so, otherwise as
+//! soon as what has arrived passes the bound, so a hostile client cannot make
+//! the daemon hold more than that. An update is answered 200 only after
 //! the router has taken it; if the router cannot take it (shutting down,
 //! overloaded) the answer is 503 and Telegram delivers it again later.
 //! A body that is not an update is logged and acknowledged: Telegram would
@@ -10,6 +12,7 @@
 
 use actix::Recipient;
 use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
 
 use super::{HandoffError, Incoming};
 use crate::config::Secret;
@@ -24,9 +27,36 @@ pub struct WebhookState {
     pub secret: Secret,
 }
 
+/// Why a body was not read.
+enum Unread {
+    TooLarge,
+    Broken(actix_web::error::PayloadError),
+}
+
+/// Reads the body, giving up as soon as it is known to pass [`MAX_BODY`].
+async fn read_body(request: &HttpRequest, mut payload: web::Payload) -> Result<Vec<u8>, Unread> {
+    let declared = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(Unread::TooLarge);
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(Unread::Broken)?;
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(Unread::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 pub async fn receive(
     request: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     state: web::Data<WebhookState>,
 ) -> HttpResponse {
     let given = request
@@ -43,6 +73,17 @@ pub async fn receive(
         );
         return HttpResponse::Unauthorized().finish();
     }
+    let body = match read_body(&request, payload).await {
+        Ok(body) => body,
+        Err(Unread::TooLarge) => {
+            log::warn!("webhook: refused a body over {MAX_BODY} bytes");
+            return HttpResponse::PayloadTooLarge().finish();
+        }
+        Err(Unread::Broken(err)) => {
+            log::warn!("webhook: the body could not be read: {err}");
+            return HttpResponse::BadRequest().finish();
+        }
+    };
     let Ok(text) = std::str::from_utf8(&body) else {
         log::warn!(
             "webhook: skipping a body that is not UTF-8 ({} bytes)",

@@ -17,7 +17,7 @@ impl Session {
         ctx: &mut Context<Self>,
     ) {
         let Some(admin) = self.deps.admin.get() else {
-            return self.reply(update, "admin", commands::TRY_AGAIN);
+            return self.reply(update, "admin", commands::TRY_AGAIN, ctx);
         };
         let (checker, cache, started) =
             (admin.health.clone(), admin.ai_cache.clone(), admin.started);
@@ -39,8 +39,8 @@ impl Session {
                 _ => health::admin_stats_text(&storage, &cache, started.elapsed().as_secs()).await,
             }
         };
-        ctx.wait(text.into_actor(self).map(move |text, this, _| {
-            this.reply(&update, "admin", &text);
+        ctx.wait(text.into_actor(self).map(move |text, this, ctx| {
+            this.reply(&update, "admin", &text, ctx);
         }));
     }
 }

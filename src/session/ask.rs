@@ -146,11 +146,13 @@ impl Session {
                     answer: answer.text.clone(),
                 });
             }
+            let room = deps.telegram.room(chat_id, requests.len()).await;
             let delivered = delivery::deliver(
                 &deps.telegram,
                 &deps.done,
                 update.update_id,
                 chat_id,
+                room,
                 requests,
             )
             .await;

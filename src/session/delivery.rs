@@ -2,11 +2,13 @@
 //!
 //! A reply's update is done once Telegram has the reply, or once Telegram
 //! has refused it for good (a blocked bot, a chat that is gone): sending it
-//! again would fail the same way. A reply the daemon itself could not take
-//! yet (the outbox full, or restarting after a crash) is posted again after
-//! a short wait, which grows while it keeps failing. A reply lost on the way
-//! (no answer from Telegram past the outbox's own retries) is left undone:
-//! the next start replays its update.
+//! again would fail the same way. A reply is queued only in room the outbox
+//! has for it (see [`crate::telegram`]), so the outbox never refuses one for
+//! being full; a reply the outbox lost in a crash before it took it is
+//! posted again after a short wait, which grows while it keeps failing. A
+//! reply Telegram did not take for as long as the outbox keeps trying
+//! (`TELEGRAM_SEND_PATIENCE`) is left undone: the next start replays its
+//! update.
 //!
 //! [`next_step`] decides; [`deliver`] carries it out.
 
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use crate::journal::DoneMarks;
 use crate::telegram::error::FailureClass;
-use crate::telegram::{Delivered, Request, Telegram, TelegramError};
+use crate::telegram::{Delivered, Request, Room, Telegram, TelegramError};
 
 /// The first wait before a reply is posted again.
 const FIRST_REPOST: Duration = Duration::from_millis(20);
@@ -48,18 +50,20 @@ pub fn next_step(answer: Result<(), FailureClass>, reposts: u32) -> Step {
     }
 }
 
-/// Posts `requests` to `chat_id` until [`next_step`] says otherwise, and
-/// ends the reply with the done marks: answers the last result.
+/// Posts `requests` to `chat_id` in `room` (taken for them), and again
+/// until [`next_step`] says otherwise, and ends the reply with the done
+/// marks: answers the last result.
 pub async fn deliver(
     telegram: &Telegram,
     done: &DoneMarks,
     update_id: i64,
     chat_id: i64,
+    room: Room,
     requests: Vec<Request>,
 ) -> Result<Vec<Delivered>, TelegramError> {
     let mut reposts = 0;
+    let mut result = telegram.post_in(room, chat_id, requests.clone()).await;
     loop {
-        let result = telegram.post(chat_id, requests.clone()).await;
         let step = next_step(
             result.as_ref().map(|_| ()).map_err(TelegramError::class),
             reposts,
@@ -78,6 +82,7 @@ pub async fn deliver(
                     );
                 }
                 tokio::time::sleep(wait).await;
+                result = telegram.post(chat_id, requests.clone()).await;
             }
             Step::Done | Step::Undone => {
                 if let Err(err) = &result {

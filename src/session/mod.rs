@@ -11,11 +11,13 @@
 //! questions to the assistant ([`ask`]), photos and PDF jobs
 //! ([`documents`]), admin commands ([`admin`]) and saves.
 //!
-//! A session handles its chat's updates strictly in order and posts their
-//! replies to the outbox in that order; a reply the outbox cannot take at
-//! once is posted again a moment later, so it may then leave after a later
-//! one. Delivery is awaited off the actor, and only then is the update
-//! marked done in the journal, as [`delivery`] decides for every reply.
+//! A session handles its chat's updates strictly in order and queues their
+//! replies in the outbox in that order. A reply needs room in the outbox:
+//! while there is none, the session waits and handles nothing else, so its
+//! mailbox fills and the router, and intake behind it, wait too (see
+//! [`crate::telegram`]). Delivery is awaited off the actor, and only then is
+//! the update marked done in the journal, as [`delivery`] decides for every
+//! reply.
 //!
 //! Sessions run supervised: a session that panics is restarted in place,
 //! with its mailbox and the questions waiting in it, and restores its record
@@ -47,7 +49,7 @@ use crate::metrics;
 use crate::pdf::jobs::PdfJobs;
 use crate::storage::{DeadLetter, Storage, UserRecord};
 use crate::telegram::update::RawUpdate;
-use crate::telegram::{Telegram, text_requests};
+use crate::telegram::{Request, Room, Telegram, text_requests};
 pub use state::Policy;
 use state::{Chat, Effect};
 
@@ -138,17 +140,52 @@ impl Session {
         self.deps.done.mark(update_id);
     }
 
-    /// Posts a reply and marks the update done as [`delivery`] decides.
-    fn reply(&self, update: &RawUpdate, kind: &'static str, text: &str) {
-        let (update_id, received, chat_id) = (update.update_id, update.received, self.chat_id);
-        let deps = self.deps.clone();
-        let requests = text_requests(chat_id, text);
-        deps.done.reply_posted();
+    /// Queues a reply, waiting for room in the outbox while there is none,
+    /// and marks the update done as [`delivery`] decides.
+    fn reply(&self, update: &RawUpdate, kind: &'static str, text: &str, ctx: &mut Context<Self>) {
+        let requests = text_requests(self.chat_id, text);
+        self.deps.done.reply_posted();
+        let (update_id, received) = (update.update_id, update.received);
+        match self.deps.telegram.try_room(self.chat_id, requests.len()) {
+            Some(room) => self.send_reply(room, update_id, received, kind, requests),
+            None => {
+                metrics::REPLIES_HELD.inc();
+                let telegram = self.deps.telegram.clone();
+                let (chat_id, count) = (self.chat_id, requests.len());
+                // `wait` holds the mailbox: nothing else is handled until the
+                // reply is queued, in its turn.
+                ctx.wait(
+                    async move { telegram.room(chat_id, count).await }
+                        .into_actor(self)
+                        .map(move |room, this, _| {
+                            this.send_reply(room, update_id, received, kind, requests);
+                        }),
+                );
+            }
+        }
+    }
+
+    fn send_reply(
+        &self,
+        room: Room,
+        update_id: i64,
+        received: Instant,
+        kind: &'static str,
+        requests: Vec<Request>,
+    ) {
+        let (deps, chat_id) = (self.deps.clone(), self.chat_id);
         // Spawned on the arbiter, not in the actor's context: a session that
         // retires or restarts still has its replies delivered and marked.
         actix_rt::spawn(async move {
-            let delivered =
-                delivery::deliver(&deps.telegram, &deps.done, update_id, chat_id, requests).await;
+            let delivered = delivery::deliver(
+                &deps.telegram,
+                &deps.done,
+                update_id,
+                chat_id,
+                room,
+                requests,
+            )
+            .await;
             if delivered.is_ok() {
                 metrics::REPLIES.with_label_values(&[kind]).inc();
                 metrics::REPLY_LATENCY
@@ -162,7 +199,7 @@ impl Session {
     fn apply(&mut self, update: &RawUpdate, effects: Vec<Effect>, ctx: &mut Context<Self>) {
         for effect in effects {
             match effect {
-                Effect::Reply { kind, text } => self.reply(update, kind, &text),
+                Effect::Reply { kind, text } => self.reply(update, kind, &text, ctx),
                 Effect::Warn(message) => log::warn!("{message}"),
                 Effect::Skipped(reason) => {
                     metrics::UPDATES_SKIPPED.with_label_values(&[reason]).inc();
@@ -311,7 +348,7 @@ impl Session {
                 log::error!("update_id={update_id}: could not be set aside in dead_letters: {err}");
             }
         });
-        self.reply(&update, "poison", commands::POISON);
+        self.reply(&update, "poison", commands::POISON, ctx);
     }
 
     /// Handles one update, remembering it while it is handled: a panic

@@ -164,16 +164,34 @@ pub struct Storage {
 
 /// SQLite settings for a daemon with many writers: WAL lets readers run
 /// during a write, and a busy timeout waits out a writer instead of failing.
+/// `synchronous` is the fsync policy (`SQLITE_SYNCHRONOUS`): with WAL,
+/// `FULL` syncs the log at every commit, which is what makes a commit that
+/// precedes an offset confirmation survive the machine, not only the
+/// process. The group commit pays that once per group.
 #[derive(Debug, Clone, Copy)]
-struct SqliteSetup;
+struct SqliteSetup {
+    synchronous: &'static str,
+}
+
+impl SqliteSetup {
+    fn new(config: &Config) -> SqliteSetup {
+        let synchronous = match config.sqlite_synchronous.as_str() {
+            "normal" => "NORMAL",
+            "extra" => "EXTRA",
+            _ => "FULL",
+        };
+        SqliteSetup { synchronous }
+    }
+}
 
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         // The busy timeout goes first, so that what follows waits for a
         // writer instead of failing. WAL is set once, when the pool is built.
-        conn.batch_execute(
-            "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-        )
+        conn.batch_execute(&format!(
+            "PRAGMA busy_timeout = 5000; PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;",
+            self.synchronous
+        ))
         .map_err(diesel::r2d2::Error::QueryError)
     }
 }
@@ -247,7 +265,7 @@ impl Storage {
                     .min_idle(Some(min.min(max)))
                     .max_size(max)
                     .connection_timeout(CHECKOUT_TIMEOUT)
-                    .connection_customizer(Box::new(SqliteSetup))
+                    .connection_customizer(Box::new(SqliteSetup::new(config)))
                     .build(manager)
                     .map_err(|e| StorageError::Connect {
                         backend: "sqlite",

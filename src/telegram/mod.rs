@@ -4,6 +4,17 @@
 //! passes, `split` keeps texts within a message's size, and [`Telegram`] is
 //! the cheap, cloneable handle the rest of the bot sends through. Bot API
 //! types come from the `frankenstein` crate, re-exported as [`types`].
+//!
+//! # Room in the outbox
+//!
+//! The outbox holds at most `OUTBOX_CAPACITY` requests. A sender takes
+//! [`Room`] for its requests before it queues them, and waits while there
+//! is none: a session whose reply cannot be queued waits with it, its
+//! mailbox fills, the router waits for the mailbox and intake for the
+//! router. That is the backpressure from Telegram's flood limits back to
+//! getUpdates; nothing is refused for want of space. Room is given back as
+//! each request of a batch is answered. Waiters get room in the order they
+//! asked (the semaphore is fair).
 
 pub mod client;
 pub mod error;
@@ -20,10 +31,11 @@ pub use frankenstein::methods as params;
 use frankenstein::methods::{SendChatActionParams, SendMessageParams};
 pub use frankenstein::types;
 use frankenstein::types::{ChatAction, ChatId};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use client::{BotApi, Endpoint, Sent, SentOrBool, Upload};
 pub use error::TelegramError;
-pub use outbox::{Deliver, Delivered, Outbox, OutboxStats, Post, Request};
+pub use outbox::{Delivered, Outbox, OutboxStats, Post, Request};
 
 /// The handle every part of the bot sends through: all sends pass the outbox.
 ///
@@ -32,36 +44,91 @@ pub use outbox::{Deliver, Delivered, Outbox, OutboxStats, Post, Request};
 /// runs on session arbiter `i`, a session's replies never leave its thread.
 #[derive(Clone)]
 pub struct Telegram {
-    shards: Arc<[Addr<Outbox>]>,
+    shards: Arc<[Shard]>,
+}
+
+struct Shard {
+    addr: Addr<Outbox>,
+    /// The shard's free places, out of `capacity`.
+    room: Arc<Semaphore>,
+    capacity: usize,
+}
+
+/// Places taken in an outbox shard for the requests of one batch; they are
+/// given back when the outbox is done with the batch.
+#[derive(Debug)]
+pub struct Room {
+    _places: OwnedSemaphorePermit,
 }
 
 impl Telegram {
-    /// A handle over outbox shards, in the order of the arbiters they run on.
+    /// A handle over outbox shards, in the order of the arbiters they run on,
+    /// each holding at most `capacity` requests.
     ///
     /// # Panics
     ///
     /// With no shard.
-    pub fn sharded(shards: Vec<Addr<Outbox>>) -> Telegram {
+    pub fn sharded(shards: Vec<Addr<Outbox>>, capacity: usize) -> Telegram {
         assert!(!shards.is_empty(), "the outbox needs at least one shard");
+        let capacity = capacity.max(1);
         Telegram {
-            shards: shards.into(),
+            shards: shards
+                .into_iter()
+                .map(|addr| Shard {
+                    addr,
+                    room: Arc::new(Semaphore::new(capacity)),
+                    capacity,
+                })
+                .collect(),
         }
     }
 
     /// Every shard, for figures and for draining at shutdown.
-    pub fn shards(&self) -> &[Addr<Outbox>] {
-        &self.shards
+    pub fn shards(&self) -> impl Iterator<Item = &Addr<Outbox>> {
+        self.shards.iter().map(|shard| &shard.addr)
     }
 
-    fn outbox(&self, chat_id: i64) -> &Addr<Outbox> {
+    fn shard(&self, chat_id: i64) -> &Shard {
         &self.shards[placement(&chat_id, self.shards.len())]
+    }
+
+    /// Places a batch of `count` takes: a batch larger than a shard's whole
+    /// capacity takes all of it, so that it still goes, alone.
+    fn places(shard: &Shard, count: usize) -> u32 {
+        u32::try_from(count.clamp(1, shard.capacity)).unwrap_or(u32::MAX)
+    }
+
+    /// Room for `count` requests to `chat_id`, if the outbox has it now.
+    pub fn try_room(&self, chat_id: i64, count: usize) -> Option<Room> {
+        let shard = self.shard(chat_id);
+        let places = Self::places(shard, count);
+        Arc::clone(&shard.room)
+            .try_acquire_many_owned(places)
+            .ok()
+            .map(|places| Room { _places: places })
+    }
+
+    /// Room for `count` requests to `chat_id`, once the outbox has it.
+    pub async fn room(&self, chat_id: i64, count: usize) -> Room {
+        let shard = self.shard(chat_id);
+        let places = Self::places(shard, count);
+        match Arc::clone(&shard.room).acquire_many_owned(places).await {
+            Ok(places) => Room { _places: places },
+            // The semaphore is never closed.
+            Err(_) => unreachable!("the outbox's room is never closed"),
+        }
+    }
+
+    /// Free places over all shards, for the figures.
+    pub fn free_room(&self) -> usize {
+        self.shards.iter().map(|s| s.room.available_permits()).sum()
     }
 
     /// The outbox's figures, summed over its shards (a shard that does not
     /// answer counts as empty).
     pub async fn stats(&self) -> OutboxStats {
         let mut total = OutboxStats::default();
-        for shard in self.shards.iter() {
+        for shard in self.shards() {
             if let Ok(stats) = shard.send(outbox::GetStats).await {
                 total.add(&stats);
             }
@@ -72,39 +139,37 @@ impl Telegram {
     /// Answers once every shard has sent everything it holds (a shard that
     /// does not answer counts as drained).
     pub async fn drained(&self) {
-        let drains = self.shards.iter().map(|shard| shard.send(outbox::Drained));
+        let drains = self.shards().map(|shard| shard.send(outbox::Drained));
         futures_util::future::join_all(drains).await;
     }
 
-    /// Queues requests for one chat, in order, and waits until they are delivered.
-    pub async fn deliver(
+    /// Waits for room, queues requests for one chat, in order, and waits
+    /// until they are delivered.
+    pub async fn post(
         &self,
         chat_id: i64,
         requests: Vec<Request>,
     ) -> Result<Vec<Delivered>, TelegramError> {
-        self.outbox(chat_id)
-            .send(Deliver { chat_id, requests })
-            .await
-            .map_err(|err| TelegramError::Refused {
-                method: "deliver".into(),
-                message: format!("the outbox is unavailable: {err}"),
-            })?
+        let room = self.room(chat_id, requests.len()).await;
+        self.post_in(room, chat_id, requests).await
     }
 
-    /// Queues requests for one chat at once, in the order of calls, and
-    /// returns a future of their delivery. Unlike [`Telegram::deliver`] the
-    /// requests are queued before this returns, so an actor can post its
-    /// replies in order and await their delivery elsewhere.
-    pub fn post(
+    /// Queues requests for one chat at once, in the room already taken for
+    /// them, and returns a future of their delivery. The requests are queued
+    /// before this returns, so an actor can post its replies in order and
+    /// await their delivery elsewhere.
+    pub fn post_in(
         &self,
+        room: Room,
         chat_id: i64,
         requests: Vec<Request>,
     ) -> impl Future<Output = Result<Vec<Delivered>, TelegramError>> + use<> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.outbox(chat_id).do_send(Post {
+        self.shard(chat_id).addr.do_send(Post {
             chat_id,
             requests,
             reply,
+            room,
         });
         async move {
             answer
@@ -127,9 +192,7 @@ impl Telegram {
                 message: "message text is empty".into(),
             });
         }
-        let delivered = self
-            .deliver(chat_id, message_requests(params, parts))
-            .await?;
+        let delivered = self.post(chat_id, message_requests(params, parts)).await?;
         Ok(delivered
             .into_iter()
             .filter_map(|d| match d {
@@ -158,7 +221,7 @@ impl Telegram {
             .chat_id(chat_id)
             .action(action)
             .build();
-        self.deliver(chat_id, vec![Request::ChatAction(params)])
+        self.post(chat_id, vec![Request::ChatAction(params)])
             .await
             .map(|_| ())
     }

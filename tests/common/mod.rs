@@ -429,6 +429,22 @@ impl PgDatabase {
             url,
         })
     }
+
+    /// A TCP proxy in front of the server, and this database's URL through
+    /// it: a test can cut the database off and restore it.
+    pub fn through_proxy(&self) -> (actorbot_testkit::proxy::TcpProxy, String) {
+        // postgres://user@host:port/name
+        let (user, rest) = self
+            .url
+            .trim_start_matches("postgres://")
+            .split_once('@')
+            .expect("a user");
+        let (host_port, name) = rest.split_once('/').expect("a database name");
+        let proxy = actorbot_testkit::proxy::TcpProxy::start(host_port.parse().expect("host:port"))
+            .expect("the proxy starts");
+        let url = format!("postgres://{user}@{}/{name}", proxy.addr());
+        (proxy, url)
+    }
 }
 
 impl Drop for PgDatabase {

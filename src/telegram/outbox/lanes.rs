@@ -253,6 +253,7 @@ mod tests {
             group_rate: RATES.group_rate,
             group_burst: RATES.group_burst,
             attempts: 3,
+            patience: Duration::from_secs(60),
             max_in_flight: 10,
             capacity: 100,
         })

@@ -16,8 +16,12 @@
 //! A 429 pauses only its chat for `retry_after`; when several chats are told
 //! to wait at about the same time the flood is global and the whole outbox
 //! pauses. Network errors and 5xx answers are retried with jittered backoff
-//! up to `telegram_send_attempts`; other errors go back to the caller. Nothing
-//! is dropped silently: every request ends in exactly one answer.
+//! up to `telegram_send_attempts`; past them Telegram counts as unreachable
+//! for that chat and the request stays at the head of its lane, tried at
+//! most every [`OUTAGE_RETRY`], for `telegram_send_patience`: an outage of
+//! minutes ends with every reply delivered, in each chat's order, without a
+//! restart. Other errors go back to the caller. Nothing is dropped silently:
+//! every request ends in exactly one answer.
 //!
 //! The outbox may run as several shards, one on each arbiter that runs
 //! sessions: a chat's lane lives in the shard on its session's arbiter (see
@@ -42,6 +46,7 @@ use rand::Rng;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use super::Room;
 use super::client::{BotApi, Endpoint, Sent, SentOrBool, Upload};
 use super::error::TelegramError;
 use crate::bucket::Bucket;
@@ -128,15 +133,6 @@ impl Delivered {
     }
 }
 
-/// Queue requests for one chat, in order; answers when all are delivered or
-/// one has failed for good (the rest of the batch is then not sent).
-#[derive(Message)]
-#[rtype(result = "Result<Vec<Delivered>, TelegramError>")]
-pub struct Deliver {
-    pub chat_id: i64,
-    pub requests: Vec<Request>,
-}
-
 /// Figures for the health and metrics endpoints.
 #[derive(Message)]
 #[rtype(result = "OutboxStats")]
@@ -183,6 +179,8 @@ pub struct Limits {
     pub group_rate: f64,
     pub group_burst: u32,
     pub attempts: u32,
+    /// How long a request is tried while Telegram is unreachable.
+    pub patience: Duration,
     pub max_in_flight: usize,
     pub capacity: usize,
 }
@@ -209,6 +207,7 @@ impl Limits {
             group_rate: config.telegram_group_per_minute / 60.0,
             group_burst: config.telegram_group_burst,
             attempts: config.telegram_send_attempts,
+            patience: Config::secs(config.telegram_send_patience),
             max_in_flight: config.telegram_max_connections,
             capacity: config.outbox_capacity,
         }
@@ -221,12 +220,40 @@ const GLOBAL_FLOOD_CHATS: usize = 3;
 /// A request that keeps being told to wait is given up after this many 429s.
 const MAX_FLOOD_WAITS: u32 = 20;
 const LANE_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// The longest wait between two tries of a send while Telegram is
+/// unreachable.
+pub const OUTAGE_RETRY: Duration = Duration::from_secs(30);
 
 struct Job {
     request: Request,
     attempts: u32,
     flood_waits: u32,
+    /// When its first try failed on the way, while it keeps failing so.
+    failing_since: Option<Instant>,
     batch: Batch,
+}
+
+/// What follows a send that failed on the way (a network error or a 5xx).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnTransient {
+    /// Try again after this wait, counted as a quick retry.
+    Retry(Duration),
+    /// Telegram is unreachable: try again after this wait.
+    Outage(Duration),
+    /// Patience is spent: answer the error.
+    GiveUp,
+}
+
+/// Decides, for a send whose `attempts`-th try failed on the way and that
+/// has been failing since `since`.
+fn on_transient(limits: &Limits, attempts: u32, since: Instant, now: Instant) -> OnTransient {
+    if attempts < limits.attempts {
+        OnTransient::Retry(backoff(attempts))
+    } else if now.saturating_duration_since(since) < limits.patience {
+        OnTransient::Outage(backoff(attempts).min(OUTAGE_RETRY))
+    } else {
+        OnTransient::GiveUp
+    }
 }
 
 impl Counted for Job {
@@ -243,6 +270,9 @@ struct BatchState {
     results: Vec<Delivered>,
     expected: usize,
     reply: Option<oneshot::Sender<Result<Vec<Delivered>, TelegramError>>>,
+    /// The batch's places in the shard, given back when the last of its
+    /// requests is done with.
+    _room: Room,
 }
 
 impl Batch {
@@ -365,6 +395,9 @@ pub struct Outbox {
     global: Arc<GlobalLimit>,
     wake_at: Option<Instant>,
     stats: OutboxStats,
+    /// Since when sends have failed past their quick retries with no send
+    /// delivered since, and the last such failure.
+    unreachable: Option<(Instant, String)>,
     /// The request in flight for each chat that has one: kept here, not in
     /// the send's future, so that a restart can queue it again.
     flying: HashMap<i64, Job>,
@@ -389,6 +422,7 @@ impl Outbox {
             limits,
             wake_at: None,
             stats: OutboxStats::default(),
+            unreachable: None,
             flying: HashMap::new(),
             drain_waiters: Vec::new(),
         }
@@ -456,6 +490,12 @@ impl Outbox {
         match result {
             Ok(delivered) => {
                 self.stats.delivered += 1;
+                if let Some((since, _)) = self.unreachable.take() {
+                    log::info!(
+                        "Telegram takes sends again after {}s",
+                        now.saturating_duration_since(since).as_secs()
+                    );
+                }
                 crate::metrics::SENT
                     .with_label_values(&[job.request.method()])
                     .inc();
@@ -485,17 +525,36 @@ impl Outbox {
                     self.requeue(chat_id, job, now);
                 }
             }
-            Err(err) if err.is_transient() && job.attempts + 1 < self.limits.attempts => {
+            Err(err) if err.is_transient() => {
                 job.attempts += 1;
-                self.stats.retried += 1;
-                let delay = backoff(job.attempts);
-                log::warn!(
-                    "send failed, retrying: chat_id={chat_id} method={} attempt={} in={}ms: {err}",
-                    job.request.method(),
-                    job.attempts,
-                    delay.as_millis()
-                );
-                self.requeue(chat_id, job, now + delay);
+                let since = *job.failing_since.get_or_insert(now);
+                match on_transient(&self.limits, job.attempts, since, now) {
+                    OnTransient::Retry(delay) => {
+                        self.stats.retried += 1;
+                        log::warn!(
+                            "send failed, retrying: chat_id={chat_id} method={} attempt={} in={}ms: {err}",
+                            job.request.method(),
+                            job.attempts,
+                            delay.as_millis()
+                        );
+                        self.requeue(chat_id, job, now + delay);
+                    }
+                    OnTransient::Outage(delay) => {
+                        self.stats.retried += 1;
+                        if self.unreachable.is_none() {
+                            log::warn!(
+                                "Telegram unreachable: sends are kept and tried again at most every {}s: {err}",
+                                OUTAGE_RETRY.as_secs()
+                            );
+                        }
+                        self.unreachable = Some((
+                            self.unreachable.take().map_or(since, |(t, _)| t),
+                            err.to_string(),
+                        ));
+                        self.requeue(chat_id, job, now + delay);
+                    }
+                    OnTransient::GiveUp => self.fail(job, err),
+                }
             }
             Err(err) => self.fail(job, err),
         }
@@ -582,16 +641,18 @@ impl Supervised for Outbox {
 /// The reply channel of one batch of requests.
 pub type DeliveryReply = oneshot::Sender<Result<Vec<Delivered>, TelegramError>>;
 
-/// Like [`Deliver`], but queued with `do_send`: it never waits for mailbox
-/// room, so a sender's batches reach the outbox in the order they were
-/// posted. The answer comes on `reply`. The outbox's own capacity still
-/// bounds what may wait.
+/// Queues requests for one chat, in order, in the room the sender took for
+/// them (see [`Room`]): sent with `do_send`, so a sender's batches reach the
+/// outbox in the order they were posted. The answer comes on `reply` when
+/// all are delivered or one has failed for good (the rest of the batch is
+/// then not sent).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Post {
     pub chat_id: i64,
     pub requests: Vec<Request>,
     pub reply: DeliveryReply,
+    pub room: Room,
 }
 
 impl Outbox {
@@ -600,6 +661,7 @@ impl Outbox {
         chat_id: i64,
         requests: Vec<Request>,
         reply: DeliveryReply,
+        room: Room,
         ctx: &mut Context<Self>,
     ) {
         actorbot_actors::fault::hit("outbox");
@@ -608,23 +670,17 @@ impl Outbox {
             let _ = reply.send(Ok(Vec::new()));
             return;
         }
-        if self.lanes.queued() + count > self.limits.capacity {
-            let method = requests[0].method().to_string();
-            let _ = reply.send(Err(TelegramError::Unavailable {
-                method,
-                message: "the outbox is full".into(),
-            }));
-            return;
-        }
         let batch = Batch(std::rc::Rc::new(std::cell::RefCell::new(BatchState {
             results: Vec::with_capacity(count),
             expected: count,
             reply: Some(reply),
+            _room: room,
         })));
         let jobs = requests.into_iter().map(|request| Job {
             request,
             attempts: 0,
             flood_waits: 0,
+            failing_since: None,
             batch: batch.clone(),
         });
         self.lanes.push(chat_id, jobs, Instant::now());
@@ -640,21 +696,11 @@ pub fn outbox_stopped() -> TelegramError {
     }
 }
 
-impl Handler<Deliver> for Outbox {
-    type Result = ResponseFuture<Result<Vec<Delivered>, TelegramError>>;
-
-    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) -> Self::Result {
-        let (reply, answer) = oneshot::channel();
-        self.enqueue(msg.chat_id, msg.requests, reply, ctx);
-        Box::pin(async move { answer.await.unwrap_or_else(|_| Err(outbox_stopped())) })
-    }
-}
-
 impl Handler<Post> for Outbox {
     type Result = ();
 
     fn handle(&mut self, msg: Post, ctx: &mut Self::Context) {
-        self.enqueue(msg.chat_id, msg.requests, msg.reply, ctx);
+        self.enqueue(msg.chat_id, msg.requests, msg.reply, msg.room, ctx);
     }
 }
 
@@ -688,7 +734,13 @@ impl Handler<Probe> for Outbox {
 
     fn handle(&mut self, _: Probe, _: &mut Self::Context) -> Self::Result {
         let now = Instant::now();
-        let health = if let Some(until) = self.global.paused_until(now) {
+        let health = if let Some((since, error)) = &self.unreachable {
+            Health::Degraded(format!(
+                "Telegram unreachable for {}s, {} sends kept: {error}",
+                now.saturating_duration_since(*since).as_secs(),
+                self.lanes.queued() + self.stats.in_flight
+            ))
+        } else if let Some(until) = self.global.paused_until(now) {
             Health::Degraded(format!(
                 "Telegram asked for a pause of {}s more",
                 until.duration_since(now).as_secs() + 1
@@ -732,9 +784,33 @@ mod tests {
             group_rate: 1.0,
             group_burst: 1,
             attempts: 3,
+            patience: Duration::from_secs(60),
             max_in_flight: 10,
             capacity: 100,
         }
+    }
+
+    #[test]
+    fn a_failing_send_is_retried_quickly_then_kept_through_an_outage() {
+        let limits = limits(30.0, 30);
+        let since = Instant::now();
+        for attempts in 1..limits.attempts {
+            assert!(matches!(
+                on_transient(&limits, attempts, since, since),
+                OnTransient::Retry(_)
+            ));
+        }
+        let later = since + limits.patience / 2;
+        for attempts in limits.attempts..limits.attempts + 40 {
+            match on_transient(&limits, attempts, since, later) {
+                OnTransient::Outage(wait) => assert!(wait <= OUTAGE_RETRY, "{wait:?}"),
+                other => panic!("attempt {attempts}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            on_transient(&limits, limits.attempts, since, since + limits.patience),
+            OnTransient::GiveUp
+        );
     }
 
     #[test]

@@ -13,5 +13,6 @@ pub mod proxy;
 mod serve;
 pub mod telegram;
 mod wait;
+pub mod wire;
 
 pub use wait::WaitTimeout;

@@ -269,6 +269,18 @@ impl FakeTelegram {
         self.state().update(|s| s.failures.push((when, failure)));
     }
 
+    /// Answers every call matching `when` with `failure` until
+    /// [`FakeTelegram::end_outage`]: Telegram down, or a proxy in front of
+    /// it answering 502, for as long as a test likes.
+    pub fn start_outage(&self, when: FailureMatch, failure: Failure) {
+        self.state().update(|s| s.outage = Some((when, failure)));
+    }
+
+    /// Ends the outage [`FakeTelegram::start_outage`] began.
+    pub fn end_outage(&self) {
+        self.state().update(|s| s.outage = None);
+    }
+
     // --- what the bot did -------------------------------------------------
 
     pub fn messages_to(&self, chat_id: i64) -> Vec<SentMessage> {

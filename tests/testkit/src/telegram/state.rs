@@ -177,6 +177,9 @@ pub struct FakeState {
     pub(crate) webhook: Option<WebhookInfo>,
     pub(crate) webhook_deliveries: usize,
     pub(crate) failures: Vec<(FailureMatch, Failure)>,
+    /// A failure that answers every matching call until it is lifted: an
+    /// outage.
+    pub(crate) outage: Option<(FailureMatch, Failure)>,
     pub(crate) files: HashMap<String, StoredFile>,
     pub(crate) next_file: u64,
     pub(crate) flood: Option<Flood>,
@@ -214,6 +217,7 @@ impl FakeState {
             webhook: None,
             webhook_deliveries: 0,
             failures: Vec::new(),
+            outage: None,
             files: HashMap::new(),
             next_file: 1,
             flood: flood_limits.map(Flood::new),
@@ -320,6 +324,11 @@ impl FakeState {
 
     /// Takes the scripted failure for this call, if one matches.
     pub(crate) fn take_failure(&mut self, method: &str, chat_id: Option<i64>) -> Option<Failure> {
+        if let Some((when, failure)) = &self.outage
+            && when.matches(method, chat_id)
+        {
+            return Some(failure.clone());
+        }
         let index = self
             .failures
             .iter()
