@@ -431,3 +431,55 @@ async fn a_wrong_key_is_reported_once_and_the_user_told_plainly() {
     );
     assert!(!log.contains("wrong-key"), "the key reached the log");
 }
+
+#[actix_rt::test]
+async fn a_server_without_drafts_is_asked_once_and_answers_come_by_edits() {
+    use actorbot_testkit::telegram::{Failure, FailureMatch};
+    let ai = fake_ai(20);
+    let app = with_ai(&ai).start().await;
+    app.tg.start_outage(
+        FailureMatch::method("sendMessageDraft"),
+        Failure::Status {
+            code: 404,
+            description: "Not Found: method not found".into(),
+        },
+    );
+    let users: Vec<i64> = (0..4).map(|n| 78_001 + n).collect();
+    for (n, user) in users.iter().enumerate() {
+        app.tg
+            .inject_text(*user, &format!("Tell me a long story number {n}?"));
+        let answer = expected(&format!("Tell me a long story number {n}?"), 1, 0);
+        assert_eq!(wait_for_text(&app, *user, &answer).await, answer);
+    }
+    let drafts = app
+        .tg
+        .calls()
+        .iter()
+        .filter(|c| c.method.eq_ignore_ascii_case("sendMessageDraft"))
+        .count();
+    assert_eq!(
+        drafts, 1,
+        "drafts were tried again after the server said it has none"
+    );
+    let log = app.log();
+    assert_eq!(log.matches("has no sendMessageDraft").count(), 1, "{log}");
+}
+
+#[actix_rt::test]
+async fn a_command_for_another_bot_in_a_group_is_not_a_question() {
+    let ai = fake_ai(0);
+    let app = with_ai(&ai).start().await;
+    let group = -1_007_001;
+    app.tg
+        .inject_group_text(group, 79_001, "/report@someotherbot");
+    app.tg.inject_group_text(group, 79_001, "/help");
+    app.tg
+        .wait_for_messages(group, 1, WAIT)
+        .await
+        .expect("the /help is answered");
+    assert_eq!(
+        app.tg.messages_to(group)[0].text,
+        actorbot::bot::commands::help_text()
+    );
+    assert!(ai.requests().is_empty(), "{:?}", ai.requests());
+}

@@ -186,3 +186,31 @@ async fn a_bot_api_server_whose_get_me_leaves_out_fields_is_served() {
         .await
         .expect("answered");
 }
+
+#[actix_rt::test]
+async fn a_server_that_ignores_offset_and_timeout_is_polled_calmly_and_answered_once() {
+    let app = common::unthrottled(TestApp::builder()).start().await;
+    app.tg.ignore_offset_and_timeout();
+    for user in 0..5 {
+        app.tg.inject_text(95_001 + user, "/start");
+    }
+    app.tg
+        .wait_for_total_messages(5, Duration::from_secs(20))
+        .await
+        .expect("all answered");
+    let polls = |app: &TestApp| app.tg.read(|s| s.calls_of("getUpdates"));
+    let before = polls(&app);
+    // The server keeps sending the same five updates at once; a second of
+    // that is a few calls, and none of them answered again.
+    let started = std::time::Instant::now();
+    app.tg
+        .wait_until(Duration::from_secs(5), |s| {
+            s.calls_of("getUpdates") >= before + 4
+        })
+        .await
+        .expect("still polling");
+    let calls = polls(&app) - before;
+    let per_second = calls as f64 / started.elapsed().as_secs_f64();
+    assert!(per_second < 10.0, "{per_second:.0} getUpdates a second");
+    assert_eq!(app.tg.total_messages(), 5, "an update was answered twice");
+}

@@ -68,7 +68,11 @@ pub async fn show_progress(
     mut progress: UnboundedReceiver<Progress>,
 ) -> Shown {
     let mut shown = Shown::default();
-    let mut mode = if private { Mode::Draft } else { Mode::Edit };
+    let mut mode = if private && telegram.drafts_supported() {
+        Mode::Draft
+    } else {
+        Mode::Edit
+    };
     let mut changed = false;
     let start = Instant::now();
     let mut next_typing = start + TYPING_AFTER;
@@ -102,6 +106,16 @@ pub async fn show_progress(
                     params.can_stop = Some(true);
                     match deliver(telegram, chat_id, Request::Draft(params)).await {
                         Ok(()) => shown.drafts += 1,
+                        Err(err) if err.is_unknown_method() => {
+                            if telegram.drafts_unsupported() {
+                                log::warn!(
+                                    "the Bot API server has no sendMessageDraft ({err}); answers are shown by editing a message from now on"
+                                );
+                            }
+                            mode = Mode::Edit;
+                            changed = true;
+                            continue;
+                        }
                         Err(err) => {
                             log::info!(
                                 "drafts refused in chat_id={chat_id}, editing instead: {err}"

@@ -103,6 +103,18 @@ pub fn parse<'a>(text: &'a str, bot_username: &str) -> Option<Command<'a>> {
     })
 }
 
+/// Whether `text` is a command addressed to another bot (`/report@otherbot`):
+/// in a group it is that bot's business, neither a command nor a question.
+pub fn for_another_bot(text: &str, bot_username: &str) -> bool {
+    let Some(rest) = text.strip_prefix('/') else {
+        return false;
+    };
+    let head = rest.split(char::is_whitespace).next().unwrap_or(rest);
+    head.split_once('@').is_some_and(|(name, target)| {
+        !name.is_empty() && !target.eq_ignore_ascii_case(bot_username)
+    })
+}
+
 pub fn start_text(first_name: &str) -> String {
     format!("Hello, {first_name}! I am actorbot.\n\nSend /help to see what I can do.")
 }

@@ -8,10 +8,17 @@
 //! retried. The offset only moves past updates the router has taken, so an
 //! update is never confirmed to Telegram before it is safe.
 //!
+//! Not every Bot API server long-polls or honours `offset` (some emulators
+//! answer at once, or send every update they have each time): updates
+//! below the offset already confirmed are dropped here, and an answer with
+//! nothing new that came back long before the timeout is followed by a short
+//! pause rather than another call at once, so such a server costs a few
+//! calls a second, not a busy loop.
+//!
 //! The poller runs supervised: restarted after a panic, it polls again from
 //! the offset it had confirmed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use rand::Rng;
@@ -26,6 +33,9 @@ use crate::telegram::update::RawUpdate;
 use crate::telegram::{BotApi, Endpoint, TelegramError};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The pause after an answer with nothing new from a server that did not
+/// wait for updates.
+const EMPTY_PAUSE: Duration = Duration::from_millis(250);
 
 /// Stops polling: the current long poll is abandoned (its updates were not
 /// confirmed and will come again), a batch being handed off finishes, and the
@@ -54,6 +64,8 @@ pub struct Poller {
     stage: Stage,
     current: Option<SpawnHandle>,
     stopping: Vec<oneshot::Sender<()>>,
+    /// When the getUpdates under way went out.
+    polled_at: Instant,
 }
 
 impl Poller {
@@ -70,6 +82,7 @@ impl Poller {
             stage: Stage::Waiting,
             current: None,
             stopping: Vec::new(),
+            polled_at: Instant::now(),
         }
     }
 
@@ -86,10 +99,23 @@ impl Poller {
         let Some(api) = self.api.clone() else { return };
         let params = self.params(self.timeout, self.limit);
         self.stage = Stage::Polling;
+        self.polled_at = Instant::now();
         let fut = async move { api.get_updates(&params).await }
             .into_actor(self)
             .map(|result, act, ctx| act.on_updates(result, ctx));
         self.current = Some(ctx.spawn(fut));
+    }
+
+    /// Polls again after an answer with nothing new: at once if the server
+    /// waited for updates as asked, after [`EMPTY_PAUSE`] if it did not.
+    fn poll_after_nothing(&mut self, ctx: &mut Context<Self>) {
+        let waited = self.polled_at.elapsed();
+        let asked = Duration::from_secs(u64::from(self.timeout));
+        if waited >= (asked / 2).min(Duration::from_secs(1)) {
+            return self.poll(ctx);
+        }
+        self.stage = Stage::Waiting;
+        self.current = Some(ctx.run_later(EMPTY_PAUSE, |act, ctx| act.poll(ctx)));
     }
 
     fn on_updates(
@@ -104,7 +130,7 @@ impl Poller {
         };
         self.failures = 0;
         if values.is_empty() {
-            return self.poll(ctx);
+            return self.poll_after_nothing(ctx);
         }
         // A panic here loses nothing: the batch is not confirmed, and the
         // restarted poller asks for it again.
@@ -113,6 +139,8 @@ impl Poller {
         let mut updates = Vec::with_capacity(values.len());
         for value in values {
             match RawUpdate::from_json(value.get()) {
+                // Confirmed already: a server that ignored the offset.
+                Some(update) if self.offset.is_some_and(|o| update.update_id < o) => {}
                 Some(update) => {
                     max_id = max_id.max(Some(update.update_id));
                     updates.push(update);
@@ -121,7 +149,7 @@ impl Poller {
             }
         }
         let Some(max_id) = max_id else {
-            return self.poll(ctx);
+            return self.poll_after_nothing(ctx);
         };
         log::debug!(
             "received {} updates, last update_id={max_id}",

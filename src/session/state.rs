@@ -222,6 +222,11 @@ impl Chat {
             });
             return effects;
         };
+        if commands::for_another_bot(text, &self.policy.bot_username) {
+            effects.push(Effect::Skipped("other_bot"));
+            effects.push(Effect::Done);
+            return effects;
+        }
         let Some(command) = commands::parse(text, &self.policy.bot_username) else {
             let question = Question {
                 update: update.clone(),
@@ -560,6 +565,26 @@ mod tests {
         let sticker = send(&mut chat, 4, json!({"sticker_like": true}), now);
         assert_eq!(sticker.last(), Some(&Effect::Done));
         assert!(replied(&sticker).is_none());
+    }
+
+    #[test]
+    fn a_command_for_another_bot_is_neither_answered_nor_asked() {
+        let (mut chat, now) = chat(policy());
+        for other in [
+            "/report@otherbot",
+            "/start@other_bot now",
+            "/help@test_bot_2",
+        ] {
+            let effects = text(&mut chat, 1, other, now);
+            assert_eq!(effects.last(), Some(&Effect::Done), "{other}: {effects:?}");
+            assert!(
+                replied(&effects).is_none() && asked(&effects).is_none(),
+                "{other}"
+            );
+            assert!(effects.contains(&Effect::Skipped("other_bot")));
+        }
+        let mine = text(&mut chat, 2, "/help@TEST_BOT", now);
+        assert!(replied(&mine).is_some());
     }
 
     #[test]

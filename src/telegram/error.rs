@@ -92,6 +92,18 @@ impl TelegramError {
         }
     }
 
+    /// Whether the server does not know the method at all (404): an older
+    /// Bot API server, or an emulator without it.
+    pub fn is_unknown_method(&self) -> bool {
+        matches!(
+            self,
+            TelegramError::Api {
+                error_code: 404,
+                ..
+            }
+        )
+    }
+
     pub fn migrate_to_chat_id(&self) -> Option<i64> {
         match self {
             TelegramError::Api {

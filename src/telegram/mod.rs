@@ -45,6 +45,9 @@ pub use outbox::{Delivered, Outbox, OutboxStats, Post, Request};
 #[derive(Clone)]
 pub struct Telegram {
     shards: Arc<[Shard]>,
+    /// Cleared when the server answers that it has no `sendMessageDraft`:
+    /// answers are then shown by editing a message, for the rest of the run.
+    drafts: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Shard {
@@ -80,7 +83,20 @@ impl Telegram {
                     capacity,
                 })
                 .collect(),
+            drafts: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
+    }
+
+    /// Whether the server has taken drafts so far (or not been asked).
+    pub fn drafts_supported(&self) -> bool {
+        self.drafts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records that the server has no `sendMessageDraft`; answers whether
+    /// this is news (the first to find out logs it).
+    pub fn drafts_unsupported(&self) -> bool {
+        self.drafts
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every shard, for figures and for draining at shutdown.

@@ -264,6 +264,12 @@ impl FakeTelegram {
         self.state().update(|s| s.require_content_length = true);
     }
 
+    /// Makes getUpdates ignore `offset` and `timeout`, as some emulators
+    /// do: every update the fake has, answered at once, confirmed or not.
+    pub fn ignore_offset_and_timeout(&self) {
+        self.state().update(|s| s.sloppy_polling = true);
+    }
+
     /// Answers the next call matching `when` with `failure` instead.
     pub fn fail_next(&self, when: FailureMatch, failure: Failure) {
         self.state().update(|s| s.failures.push((when, failure)));

@@ -568,6 +568,18 @@ async fn get_updates(shared: &Shared, params: &Params) -> ApiResult {
     let allowed = params
         .contains_key("allowed_updates")
         .then(|| string_list(params, "allowed_updates"));
+    let sloppy = shared.state.read(|s| s.sloppy_polling);
+    // An emulator that ignores both: every update it has, at once.
+    let (offset, timeout) = if sloppy {
+        if offset > 0 {
+            shared
+                .state
+                .update(|s| s.confirmed_offset = s.confirmed_offset.max(offset));
+        }
+        (0, 0)
+    } else {
+        (offset, timeout)
+    };
     let generation = shared.state.update(|s| {
         if s.webhook.is_some() {
             return Err(ApiError::new(

@@ -198,6 +198,8 @@ pub struct FakeState {
     pub(crate) minimal_get_me: bool,
     /// Refuse request bodies without a `Content-Length` (411).
     pub(crate) require_content_length: bool,
+    /// getUpdates ignores `offset` and `timeout`: every update kept, at once.
+    pub(crate) sloppy_polling: bool,
 }
 
 impl FakeState {
@@ -218,6 +220,7 @@ impl FakeState {
             webhook_deliveries: 0,
             failures: Vec::new(),
             outage: None,
+            sloppy_polling: false,
             files: HashMap::new(),
             next_file: 1,
             flood: flood_limits.map(Flood::new),
@@ -237,6 +240,14 @@ impl FakeState {
     }
 
     /// Messages (and documents and photos) sent to a chat, in order.
+    /// Calls made of one method (case-insensitive), failed ones included.
+    pub fn calls_of(&self, method: &str) -> usize {
+        self.calls
+            .iter()
+            .filter(|c| c.method.eq_ignore_ascii_case(method))
+            .count()
+    }
+
     pub fn messages_to(&self, chat_id: i64) -> Vec<SentMessage> {
         self.messages
             .iter()
