@@ -45,6 +45,11 @@ use crate::telegram::update::RawUpdate;
 use crate::telegram::{BotApi, Endpoint, Telegram, TelegramError};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    run_with(config, None).await
+}
+
+/// [`run`], with more routes on the HTTP endpoint (the sandbox's).
+pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Result<()> {
     let started = Instant::now();
     let faults = Faults::parse(&config.fault_panic, &config.fault_hold)
         .context("FAULT_PANIC / FAULT_HOLD")?;
@@ -277,8 +282,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let intake_probe = observed.intake.clone();
     let retry = http::dead_letters::Retry(router.clone().recipient());
-    let server = http::server(&config, router.clone().recipient(), retry, observed, ops)
-        .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
+    let server = http::server(
+        &config,
+        router.clone().recipient(),
+        retry,
+        observed,
+        ops,
+        extra,
+    )
+    .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
     let server_handle = server.handle();
     let server_task = actix_rt::spawn(server);
     log::info!("HTTP endpoint on http://{}", config.http_addr);

@@ -1,5 +1,5 @@
-//! The `actorbot` command line: `run`, `config`, `migrate`, `dashboard`,
-//! `healthcheck`.
+//! The `actorbot` command line: `run`, `sandbox`, `config`, `migrate`,
+//! `dashboard`, `dead-letters`, `healthcheck`.
 
 use std::process::ExitCode;
 
@@ -27,6 +27,55 @@ struct Cli {
 enum Command {
     /// Run the daemon until SIGTERM or SIGINT.
     Run,
+    /// Try the bot without a token or a network: the daemon against a
+    /// Telegram emulator in the same process, with a web chat at
+    /// http://HTTP_ADDR/sandbox (and the offline AI stand-in unless
+    /// AI_API_URL is set).
+    Sandbox,
+    /// The operator's stress test: simulated users against this binary run
+    /// as a daemon, pointed at the built-in emulator and AI stand-in.
+    Loadtest {
+        /// Simulated users.
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        /// Seconds of load after the ramp.
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+        /// Seconds over which the users join.
+        #[arg(long, default_value_t = 10.0)]
+        ramp: f64,
+        /// Mean seconds a user thinks between interactions.
+        #[arg(long, default_value_t = 3.0)]
+        think: f64,
+        /// Weights of the interactions.
+        #[arg(long, default_value = "start=10,ask=60,stats=10,photo=10,report=10")]
+        mix: String,
+        /// Write the report as JSON to FILE.
+        #[arg(long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+        /// Thresholds, e.g. p95=2s,p99=5s,errors=0.1%,lost=0; missing one
+        /// makes the exit status 3.
+        #[arg(long)]
+        slo: Option<String>,
+        /// Seconds an interaction may wait for its answer.
+        #[arg(long, default_value_t = 60.0)]
+        drain: f64,
+        /// Let the emulator enforce Telegram's flood limits (off: the
+        /// daemon is measured, not Telegram's 30 messages a second).
+        #[arg(long)]
+        flood_limits: bool,
+        /// The AI stand-in's milliseconds to the first word, and between words.
+        #[arg(long, default_value_t = 500)]
+        ai_latency_ms: u64,
+        #[arg(long, default_value_t = 20)]
+        ai_word_delay_ms: u64,
+        /// More environment for the daemon, KEY=VALUE (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// No live line while it runs.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Print the effective configuration, secrets redacted.
     Config,
     /// Apply the database migrations and exit.
@@ -115,6 +164,34 @@ fn without_huge_pages() {
 #[cfg(not(target_os = "linux"))]
 fn without_huge_pages() {}
 
+/// Runs the daemon until it stops; the exit status says how it ended.
+fn serve(config: Config, extra: Option<actorbot::http::Extra>) -> ExitCode {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
+    actorbot::logging::init(
+        &filter,
+        vec![
+            config.bot_token.expose().to_string(),
+            config.webhook_secret.expose().to_string(),
+            config.ai_api_key.expose().to_string(),
+            config.admin_http_token.expose().to_string(),
+        ],
+    );
+    let system = actix_rt::System::new();
+    match system.block_on(actorbot::daemon::run_with(config, extra)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            log::error!("{err:#}");
+            eprintln!("actorbot: {err:#}");
+            use actorbot::daemon::SupervisionGaveUp;
+            if err.downcast_ref::<SupervisionGaveUp>().is_some() {
+                ExitCode::from(SupervisionGaveUp::EXIT_STATUS)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     without_huge_pages();
     let cli = Cli::parse();
@@ -135,29 +212,93 @@ fn main() -> ExitCode {
                 eprintln!("actorbot: configuration error: {err}");
                 return ExitCode::from(2);
             }
-            let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
-            actorbot::logging::init(
-                &filter,
-                vec![
-                    config.bot_token.expose().to_string(),
-                    config.webhook_secret.expose().to_string(),
-                    config.ai_api_key.expose().to_string(),
-                    config.admin_http_token.expose().to_string(),
-                ],
-            );
-            let system = actix_rt::System::new();
-            match system.block_on(actorbot::daemon::run(config)) {
-                Ok(()) => ExitCode::SUCCESS,
+            serve(config, None)
+        }
+        Command::Sandbox => {
+            let mut config = config;
+            let ai_url_set = std::env::var_os("AI_API_URL").is_some();
+            let sandbox = match actorbot::sandbox::Sandbox::start(&mut config, ai_url_set) {
+                Ok(sandbox) => sandbox,
                 Err(err) => {
-                    log::error!("{err:#}");
-                    eprintln!("actorbot: {err:#}");
-                    use actorbot::daemon::SupervisionGaveUp;
-                    if err.downcast_ref::<SupervisionGaveUp>().is_some() {
-                        ExitCode::from(SupervisionGaveUp::EXIT_STATUS)
-                    } else {
-                        ExitCode::FAILURE
-                    }
+                    eprintln!("actorbot: the sandbox's emulator cannot start: {err}");
+                    return ExitCode::FAILURE;
                 }
+            };
+            println!(
+                "actorbot sandbox: the web chat is at http://{}/sandbox (no token, no network; data in {})",
+                config.http_addr,
+                config.data_dir.display()
+            );
+            let routes = sandbox.routes();
+            serve(config, Some(routes))
+        }
+        Command::Loadtest {
+            users,
+            duration,
+            ramp,
+            think,
+            mix,
+            output,
+            slo,
+            drain,
+            flood_limits,
+            ai_latency_ms,
+            ai_word_delay_ms,
+            env,
+            quiet,
+        } => {
+            let parsed = (|| -> Result<actorbot::loadtest::Options, String> {
+                let secs = |name: &str, v: f64| {
+                    (v.is_finite() && v >= 0.0)
+                        .then(|| std::time::Duration::from_secs_f64(v))
+                        .ok_or_else(|| format!("--{name}: expected seconds ≥ 0"))
+                };
+                Ok(actorbot::loadtest::Options {
+                    users: users.max(1),
+                    duration: secs("duration", duration)?,
+                    ramp: secs("ramp", ramp)?,
+                    think: secs("think", think)?,
+                    mix: actorbot::loadtest::Mix::parse(&mix)?,
+                    output,
+                    slo: slo
+                        .as_deref()
+                        .map(actorbot::loadtest::Slo::parse)
+                        .transpose()?,
+                    drain: secs("drain", drain)?,
+                    flood_limits,
+                    env: actorbot::loadtest::parse_env(&env)?,
+                    ai_latency: std::time::Duration::from_millis(ai_latency_ms),
+                    ai_word_delay: std::time::Duration::from_millis(ai_word_delay_ms),
+                    quiet,
+                })
+            })();
+            let options = match parsed {
+                Ok(options) => options,
+                Err(err) => {
+                    eprintln!("actorbot loadtest: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            let output = options.output.clone();
+            let report = match actix_rt::System::new().block_on(actorbot::loadtest::run(options)) {
+                Ok(report) => report,
+                Err(err) => {
+                    eprintln!("actorbot loadtest: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            print!("{}", report.text());
+            if let Some(path) = output {
+                let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+                if let Err(err) = std::fs::write(&path, json) {
+                    eprintln!("actorbot loadtest: cannot write {}: {err}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            if report.slo_missed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
             }
         }
         Command::Dashboard {

@@ -95,3 +95,58 @@ fn migrate_names_an_unreachable_database_without_its_password() {
         "{text}"
     );
 }
+
+#[test]
+fn loadtest_reports_as_json_and_its_slo_sets_the_exit_status() {
+    let output =
+        std::env::temp_dir().join(format!("actorbot-loadtest-{}.json", std::process::id()));
+    let users = 6;
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_actorbot"))
+            .args(["loadtest", "--users", &users.to_string(), "--duration", "3"])
+            .args([
+                "--ramp",
+                "0.5",
+                "--think",
+                "0.2",
+                "--quiet",
+                "--ai-word-delay-ms",
+                "1",
+            ])
+            .args(extra)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("APP_PROFILE", "testing")
+            .env("CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+            .output()
+            .expect("the loadtest runs")
+    };
+    let out = run(&["--output", output.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&output).expect("the report")).expect("JSON");
+    assert_eq!(report["users"], users);
+    assert!(
+        report["interactions"].as_u64().unwrap() >= users as u64,
+        "{report}"
+    );
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    let kinds = report["kinds"].as_array().expect("kinds");
+    assert!(kinds.iter().any(|k| k["kind"] == "start"), "{report}");
+    assert!(report["peak_rss_mb"].as_f64().unwrap() > 1.0, "{report}");
+
+    let impossible = run(&["--slo", "p95=0ms"]);
+    assert_eq!(
+        impossible.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&impossible.stdout)
+    );
+    assert!(String::from_utf8_lossy(&impossible.stdout).contains("SLO missed: p95"));
+}

@@ -9,8 +9,11 @@
 //!
 //! Environment values are typed by the default they override, which is what
 //! lets a malformed value stop the start with one line naming the variable
-//! and what it expected. Apart from `RUST_LOG`, which `main` reads for the
-//! log filter, nothing else in the program reads `std::env`.
+//! and what it expected. Besides this module, `main` reads `RUST_LOG` for
+//! the log filter and, for `actorbot sandbox`, whether `AI_API_URL` was set
+//! at all; the HTTP client of the AI backend honours the usual proxy
+//! variables (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` naming an HTTP proxy,
+//! `NO_PROXY`), as reqwest does.
 
 mod secret;
 

@@ -148,12 +148,16 @@ impl Observed {
     }
 }
 
+/// More routes for the server: the sandbox's web chat.
+pub type Extra = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
 pub fn server(
     config: &Config,
     sink: Recipient<Incoming>,
     retry: dead_letters::Retry,
     observed: Observed,
     ops: ops::Ops,
+    extra: Option<Extra>,
 ) -> std::io::Result<Server> {
     let retry = web::Data::new(retry);
     let guard = web::Data::new(ops::Guard::new(config));
@@ -199,6 +203,9 @@ pub fn server(
             ));
         if debug {
             app = app.service(endpoint("/debug/stall/{actor}", web::post().to(ops::stall)));
+        }
+        if let Some(extra) = &extra {
+            app = app.configure(|cfg| extra(cfg));
         }
         if let Some((path, state)) = &webhook {
             app = app

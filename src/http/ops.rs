@@ -82,8 +82,6 @@ pub async fn guard(
     Ok(request.into_response(response))
 }
 
-/// Compares without an early exit, so the time taken does not tell how
-/// much of a guess was right.
 /// Readiness: 503 while the database cannot be reached or intake is not
 /// running; a degraded dependency (Redis) is reported but keeps it ready.
 pub async fn ready(observed: web::Data<Observed>) -> HttpResponse {

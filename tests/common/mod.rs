@@ -43,9 +43,17 @@ pub struct TestAppBuilder {
     webhook: bool,
     fake: Option<FakeTelegram>,
     data_dir: Option<PathBuf>,
+    sandbox: bool,
 }
 
 impl TestAppBuilder {
+    /// Runs `actorbot sandbox`: the daemon's own emulator and AI stand-in;
+    /// the test's fake Telegram then sees nothing.
+    pub fn sandbox(mut self) -> Self {
+        self.sandbox = true;
+        self
+    }
+
     pub fn env(mut self, key: &str, value: impl ToString) -> Self {
         self.env.push((key.to_string(), value.to_string()));
         self
@@ -89,7 +97,7 @@ impl TestAppBuilder {
         let data_dir = self.data_dir.unwrap_or_else(|| unique_dir("data"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_actorbot"));
         command
-            .arg("run")
+            .arg(if self.sandbox { "sandbox" } else { "run" })
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("APP_PROFILE", "testing")
@@ -173,6 +181,7 @@ impl TestApp {
             webhook: false,
             fake: None,
             data_dir: None,
+            sandbox: false,
         }
     }
 

@@ -1,18 +1,11 @@
-//! Test doubles for actorbot: a fake Telegram Bot API server and a fake
-//! OpenAI-compatible server that speak the real wire formats, for
-//! integration tests and load tests that must run without a network.
-//!
-//! Each fake runs its own actix system on its own threads, so a test on any
-//! runtime (or a plain `fn main`) can start one, drive it through its handle,
-//! and await conditions on what the bot did.
+//! Test doubles for actorbot: the emulated Bot API and AI backend (from
+//! `actorbot-emulator`, re-exported here), and what only tests need: a
+//! scripted wire-level server, a TCP proxy that can cut a connection, a
+//! headless-browser driver and a PDF reader.
 
 pub mod browser;
-pub mod openai;
 pub mod pdf;
 pub mod proxy;
-mod serve;
-pub mod telegram;
-mod wait;
 pub mod wire;
 
-pub use wait::WaitTimeout;
+pub use actorbot_emulator::{WaitTimeout, openai, telegram};

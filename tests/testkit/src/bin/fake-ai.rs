@@ -47,6 +47,7 @@ fn main() -> std::io::Result<()> {
         word_delay: Duration::from_millis(args.word_delay_ms),
         api_key: args.api_key,
         streaming: !args.no_stream,
+        ..FakeAiConfig::default()
     })?;
     println!("fake AI listening on {}", fake.api_url());
     loop {

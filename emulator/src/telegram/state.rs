@@ -171,7 +171,7 @@ pub struct FakeState {
     pub(crate) messages: Vec<SentMessage>,
     pub(crate) drafts: Vec<Draft>,
     pub(crate) calls: Vec<Call>,
-    pub(crate) actions: Vec<(i64, String)>,
+    pub(crate) actions: Vec<(i64, String, Instant)>,
     pub(crate) callback_answers: Vec<(String, Option<String>)>,
     pub(crate) commands: Vec<BotCommand>,
     pub(crate) webhook: Option<WebhookInfo>,
@@ -274,9 +274,33 @@ impl FakeState {
     pub fn actions_to(&self, chat_id: i64) -> Vec<String> {
         self.actions
             .iter()
-            .filter(|(c, _)| *c == chat_id)
-            .map(|(_, a)| a.clone())
+            .filter(|(c, ..)| *c == chat_id)
+            .map(|(_, a, _)| a.clone())
             .collect()
+    }
+
+    /// The last chat action sent to a chat, and when.
+    pub fn last_action(&self, chat_id: i64) -> Option<(&str, Instant)> {
+        self.actions
+            .iter()
+            .rev()
+            .find(|(c, ..)| *c == chat_id)
+            .map(|(_, a, at)| (a.as_str(), *at))
+    }
+
+    /// Every message the bot sent, as it stands now.
+    pub fn messages(&self) -> &[SentMessage] {
+        &self.messages
+    }
+
+    /// Every draft the bot sent.
+    pub fn drafts(&self) -> &[Draft] {
+        &self.drafts
+    }
+
+    /// The commands the bot registered with setMyCommands.
+    pub fn bot_commands(&self) -> &[BotCommand] {
+        &self.commands
     }
 
     /// Updates injected but not yet confirmed by the bot.

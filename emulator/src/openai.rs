@@ -38,6 +38,10 @@ pub struct FakeAiConfig {
     pub api_key: Option<String>,
     /// False: answer one JSON completion even when a stream is asked for.
     pub streaming: bool,
+    /// How an answer is made from the conversation, when no test scripted
+    /// one: [`default_answer`] unless set ([`stand_in_answer`] for the
+    /// sandbox).
+    pub answer: fn(&[(String, String)]) -> String,
 }
 
 impl Default for FakeAiConfig {
@@ -49,6 +53,7 @@ impl Default for FakeAiConfig {
             word_delay: Duration::ZERO,
             api_key: None,
             streaming: true,
+            answer: default_answer,
         }
     }
 }
@@ -112,6 +117,7 @@ pub struct AiState {
 struct Shared {
     api_key: Option<String>,
     streaming: bool,
+    answer: fn(&[(String, String)]) -> String,
     state: Watched<AiState>,
 }
 
@@ -138,6 +144,7 @@ impl FakeAi {
         let shared = Arc::new(Shared {
             api_key: config.api_key.clone(),
             streaming: config.streaming,
+            answer: config.answer,
             state: Watched::new(AiState {
                 latency: config.latency,
                 word_delay: config.word_delay,
@@ -265,6 +272,28 @@ pub fn default_answer(messages: &[(String, String)]) -> String {
     format!("Answer {users} to: {question}. I have seen {earlier} earlier messages.")
 }
 
+/// The sandbox's answer: plainly not a model's, so that nobody mistakes
+/// it for one, and long enough to show an answer streaming in.
+pub fn stand_in_answer(messages: &[(String, String)]) -> String {
+    let question = messages
+        .iter()
+        .rev()
+        .find(|(r, _)| r == "user")
+        .map_or("", |(_, c)| c.as_str());
+    let earlier = messages
+        .iter()
+        .filter(|(r, _)| r != "system")
+        .count()
+        .saturating_sub(1);
+    format!(
+        "**This is actorbot's offline stand-in, not an AI model.** You asked: \u{201c}{question}\u{201d}. \
+         A real backend would answer here: start the sandbox with `AI_API_URL` (and `AI_API_KEY`) \
+         set to use yours. Meanwhile this text arrives word by word, as a model's answer would, \
+         so you can watch it stream in as a draft and then become the final message. \
+         It was sent with {earlier} earlier messages of this conversation as context."
+    )
+}
+
 /// Counts a request in flight; on drop, it is finished or cancelled.
 struct InFlight {
     shared: Arc<Shared>,
@@ -363,7 +392,7 @@ async fn completions(
         let answer = s
             .answers
             .pop_front()
-            .unwrap_or_else(|| default_answer(&messages));
+            .unwrap_or_else(|| (shared.answer)(&messages));
         (failure, answer, s.latency, s.word_delay)
     });
     let mut guard = InFlight::new(shared.clone());

@@ -334,7 +334,7 @@ fn call(
             let chat_id = require_chat(params)?;
             let action =
                 string(params, "action").ok_or_else(|| ApiError::bad_request("action is empty"))?;
-            s.actions.push((chat_id, action));
+            s.actions.push((chat_id, action, at));
             Ok(Value::Bool(true).into())
         }
         "sendmessagedraft" => {
