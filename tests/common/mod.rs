@@ -4,7 +4,8 @@
 //! `TestApp::builder()...start()` starts the fake, picks a free port for
 //! the daemon's HTTP endpoint, runs `actorbot run` with a fresh data
 //! directory and the `testing` profile, captures its log, and waits until
-//! intake is running. Dropping the app kills the daemon.
+//! `/ready` answers 200 (and, with a webhook, until the fake has been given
+//! its URL). Dropping the app kills the daemon.
 
 #![allow(dead_code)]
 
@@ -153,12 +154,7 @@ impl TestAppBuilder {
             log,
             env: self.env.clone(),
         };
-        let ready = if self.webhook {
-            "webhook set"
-        } else {
-            "long polling"
-        };
-        app.wait_for_log(ready, STARTUP).await;
+        app.wait_ready(self.webhook).await;
         app
     }
 }
@@ -174,6 +170,36 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// Waits until the daemon says it is ready (`/ready` answers 200: the
+    /// database answers and intake runs) and, for a webhook, until the fake
+    /// has been told where to post.
+    async fn wait_ready(&self, webhook: bool) {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let ready = matches!(self.try_get("/ready").await, Some(200));
+            if ready && (!webhook || self.tg.webhook().is_some()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon was not ready within {STARTUP:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The status of a GET, or `None` while nothing answers.
+    async fn try_get(&self, path: &str) -> Option<u16> {
+        let response = awc::Client::default()
+            .get(format!("{}{path}", self.base_url()))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        Some(response.status().as_u16())
+    }
+
     pub fn builder() -> TestAppBuilder {
         TestAppBuilder {
             env: Vec::new(),
