@@ -369,18 +369,9 @@ async fn the_terminal_dashboard_prints_once_and_exports() {
 
 #[actix_rt::test]
 async fn the_dashboard_draws_its_charts_in_a_headless_browser() {
-    let Some(_) = actorbot_testkit::browser::chromium() else {
-        assert!(
-            std::env::var("ACTORBOT_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
-            "ACTORBOT_REQUIRE_CHROMIUM=1 but no chromium on PATH"
-        );
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: the dashboard's headless-browser test (install Debian's chromium)"
-        );
+    if !common::chromium_or_skip("the dashboard's headless-browser test") {
         return;
-    };
+    }
     let token = "dash-token-7";
     let app = TestApp::builder()
         .env("HEALTH_INTERVAL", 0.3)
@@ -404,16 +395,8 @@ async fn the_dashboard_draws_its_charts_in_a_headless_browser() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
-    std::fs::create_dir_all(&artifacts).expect("an artifacts directory");
-    let screenshot = artifacts.join("dashboard.png");
     let url = format!("{}/dashboard?token={token}", app.base_url());
-    let check = actix_rt::task::spawn_blocking(move || {
-        actorbot_testkit::browser::check_page(&url, &screenshot, Duration::from_secs(12))
-    })
-    .await
-    .expect("joined")
-    .expect("chromium ran");
+    let check = common::check_page(url, "dashboard.png", Duration::from_secs(12)).await;
     assert!(
         check.console_errors.is_empty(),
         "console: {:?}",

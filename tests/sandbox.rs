@@ -16,22 +16,6 @@ const STEPS: [&str; 5] = [
     "/pdf~document",
 ];
 
-fn chromium_or_skip(test: &str) -> bool {
-    if actorbot_testkit::browser::chromium().is_some() {
-        return true;
-    }
-    assert!(
-        std::env::var("ACTORBOT_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
-        "ACTORBOT_REQUIRE_CHROMIUM=1 but no chromium on PATH"
-    );
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: {test} (install Debian's chromium)"
-    );
-    false
-}
-
 /// The `data-NAME` attribute of the demo step `n` in the page's DOM.
 fn step_attr(dom: &str, n: usize, name: &str) -> Option<String> {
     let at = dom.find(&format!("data-step=\"{n}\""))?;
@@ -44,29 +28,21 @@ fn step_attr(dom: &str, n: usize, name: &str) -> Option<String> {
 
 #[actix_rt::test]
 async fn a_newcomer_chats_with_the_sandbox_in_a_browser() {
-    if !chromium_or_skip("the sandbox's headless-browser test") {
+    if !common::chromium_or_skip("the sandbox's headless-browser test") {
         return;
     }
     let app = TestApp::builder().sandbox().start().await;
     let (status, _) = app.get("/sandbox").await;
     assert_eq!(status, 200);
 
-    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
-    std::fs::create_dir_all(&artifacts).expect("an artifacts directory");
-    let screenshot = artifacts.join("sandbox.png");
     let demo: Vec<String> = STEPS
         .iter()
         .map(|s| s.replace('?', "%3F").replace(' ', "%20"))
         .collect();
     let url = format!("{}/sandbox?demo={}", app.base_url(), demo.join("|"));
-    let check = actix_rt::task::spawn_blocking(move || {
-        // Page time stands still while the page waits for the bot, so a
-        // generous budget costs nothing once the conversation is over.
-        actorbot_testkit::browser::check_page(&url, &screenshot, Duration::from_secs(60))
-    })
-    .await
-    .expect("joined")
-    .expect("chromium ran");
+    // Page time stands still while the page waits for the bot, so a
+    // generous budget costs nothing once the conversation is over.
+    let check = common::check_page(url, "sandbox.png", Duration::from_secs(60)).await;
     assert!(
         check.console_errors.is_empty(),
         "console: {:?}",

@@ -559,3 +559,39 @@ pub fn jpeg(width: u32, height: u32) -> Vec<u8> {
         .expect("encodes");
     out.into_inner()
 }
+
+/// Whether headless Chromium is here; without it, a visible skip (a failure
+/// when `ACTORBOT_REQUIRE_CHROMIUM=1`, as in CI).
+pub fn chromium_or_skip(test: &str) -> bool {
+    if actorbot_testkit::browser::chromium().is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var("ACTORBOT_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
+        "ACTORBOT_REQUIRE_CHROMIUM=1 but no chromium on PATH"
+    );
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {test} (install Debian's chromium)"
+    );
+    false
+}
+
+/// Loads `url` in headless Chromium for `wait` of page time, keeping its
+/// screenshot as `name` among the test artifacts (`target/tmp/artifacts`).
+pub async fn check_page(
+    url: String,
+    name: &str,
+    wait: Duration,
+) -> actorbot_testkit::browser::PageCheck {
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&artifacts).expect("an artifacts directory");
+    let screenshot = artifacts.join(name);
+    actix_rt::task::spawn_blocking(move || {
+        actorbot_testkit::browser::check_page(&url, &screenshot, wait)
+    })
+    .await
+    .expect("joined")
+    .expect("chromium ran")
+}
