@@ -347,7 +347,10 @@ fn labelled(
 /// Leading spaces are kept on the first line (code, lists); words wider
 /// than a line are broken between characters. Always yields a line, even
 /// for empty input, so blank lines keep their space.
-fn wrap(font: &Font, line: &str, size: f32, max_w: f32) -> Vec<String> {
+///
+/// Public (it is pure) so that the property tests and fuzz targets can check
+/// that no line it makes is wider than `max_w` by `Font::width`.
+pub fn wrap(font: &Font, line: &str, size: f32, max_w: f32) -> Vec<String> {
     let space_w = font.width(" ", size);
     let trimmed = line.trim_start_matches(' ');
     let lead = (line.len() - trimmed.len()).min(((max_w / 2.0) / space_w) as usize);

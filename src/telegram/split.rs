@@ -8,7 +8,9 @@
 /// The longest text of one message, in UTF-16 code units.
 pub const MESSAGE_LIMIT: usize = 4096;
 
-/// Splits `text` into parts of at most `limit` UTF-16 code units each.
+/// Splits `text` into parts of at most `limit` UTF-16 code units each; only
+/// a character wider than the whole limit (an astral one at a limit of 1)
+/// makes a part over it, on its own.
 ///
 /// Joining the parts gives back the text, less the one line break or space
 /// at each cut. Empty text gives no parts.
@@ -26,7 +28,12 @@ pub fn split_points(text: &str, limit: usize) -> Vec<(usize, usize)> {
     let mut at = 0;
     while utf16_len(&text[at..]) > limit {
         let rest = &text[at..];
-        let hard = byte_index_at_utf16(rest, limit);
+        // At least one character, or a character wider than the limit would
+        // make empty parts forever.
+        let hard = match byte_index_at_utf16(rest, limit) {
+            0 => rest.chars().next().map_or(rest.len(), char::len_utf8),
+            hard => hard,
+        };
         let window = &rest[..hard];
         // A break at the very start would make an empty part; ignore it.
         let cut = window
@@ -94,6 +101,18 @@ mod tests {
         for part in split_text(&cyrillic, MESSAGE_LIMIT) {
             assert!(utf16_len(&part) <= MESSAGE_LIMIT);
         }
+    }
+
+    #[test]
+    fn a_character_wider_than_the_limit_gets_a_part_of_its_own() {
+        // Found by fuzzing (the `split` target): at a limit of 1 this
+        // looped forever, pushing empty parts.
+        let bytes = [0, 0, 0, 0, 0, 0, 0x0e, 0x98, 0x80, 0xf0, 0x9d, 0x84, 0x9e];
+        let text = &*String::from_utf8_lossy(&bytes);
+        let parts = split_text(text, 1);
+        assert_eq!(parts.concat(), text);
+        assert_eq!(parts.last().map(String::as_str), Some("𝄞"));
+        assert_eq!(split_text("😀a😀", 1), vec!["😀", "a", "😀"]);
     }
 
     #[test]
