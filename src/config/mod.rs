@@ -35,6 +35,10 @@ const EMBEDDED_PROFILES: &[(&str, &str)] = &[
     ("high-load", include_str!("../../config/high-load.toml")),
 ];
 
+/// The bounds of a setting in seconds or per second.
+const MIN_SETTING: f64 = 0.001;
+const MAX_SETTING: f64 = 1e9;
+
 /// The profile used when `APP_PROFILE` is not set.
 pub const DEFAULT_PROFILE: &str = "production";
 
@@ -291,8 +295,13 @@ impl Config {
             ("dependency_check_interval", self.dependency_check_interval),
             ("alert_quiet_period", self.alert_quiet_period),
         ] {
-            if !(value.is_finite() && value > 0.0) {
-                return Err(invalid(name, "expected a positive number"));
+            // Bounded both ways: every value becomes a `Duration` (a rate,
+            // the wait for one token), which cannot hold 1e300 seconds.
+            if !(value.is_finite() && (MIN_SETTING..=MAX_SETTING).contains(&value)) {
+                return Err(invalid(
+                    name,
+                    "expected a positive number from 0.001 to 1000000000",
+                ));
             }
         }
         for (name, value) in [
@@ -538,6 +547,24 @@ mod tests {
         map.entry("CONFIG_DIR".into())
             .or_insert_with(|| "/nonexistent".into());
         map
+    }
+
+    #[test]
+    fn seconds_and_rates_out_of_bounds_are_refused() {
+        for (var, value) in [
+            ("HTTP_TIMEOUT", "1e300"),
+            ("TELEGRAM_GLOBAL_RATE", "1e-300"),
+            ("DRAFT_INTERVAL", "0"),
+        ] {
+            let env: HashMap<String, String> = [(var.to_string(), value.to_string())].into();
+            let err = Config::load(&env).expect_err(var).to_string();
+            assert!(
+                err.contains(var) && err.contains("0.001 to"),
+                "{var}: {err}"
+            );
+        }
+        let env: HashMap<String, String> = [("HTTP_TIMEOUT".to_string(), "1e9".to_string())].into();
+        assert!(Config::load(&env).is_ok());
     }
 
     #[test]
