@@ -443,6 +443,44 @@ enum Outcome {
     Failed(String),
 }
 
+/// The longest wait between two tries of recording an attempt.
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Records that the job runs, and its attempt, before it runs. That count
+/// is what holds a job to `JOB_MAX_ATTEMPTS` across restarts: a job that
+/// crashes the daemon must not run for ever because the write was lost. So
+/// while the database cannot take it, the job waits; it gives up only when
+/// the daemon stops (the job stays recorded as it was, and the next start
+/// resumes it).
+async fn record_attempt(shared: &Shared, row: &JobRow) -> bool {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match shared
+            .storage
+            .job_update(row.id, job_status::RUNNING, row.attempts + 1, None)
+            .await
+        {
+            Ok(()) => return true,
+            Err(err) if shared.stopping.load(Ordering::SeqCst) => {
+                log::warn!(
+                    "PDF job {}: its attempt could not be recorded ({err}); left for the next start",
+                    row.id
+                );
+                return false;
+            }
+            Err(err) => {
+                log::warn!(
+                    "PDF job {}: its attempt could not be recorded ({err}); trying again in {}ms",
+                    row.id,
+                    wait.as_millis()
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RECORD_RETRY_MAX);
+            }
+        }
+    }
+}
+
 /// Runs one job: prepares its input, renders it on the pool, delivers the
 /// document and records the end. Answers whether it was delivered.
 async fn run(
@@ -453,10 +491,9 @@ async fn run(
 ) -> bool {
     let started = Instant::now();
     let (id, chat_id, kind) = (row.id, row.chat_id, spec.kind());
-    let _ = shared
-        .storage
-        .job_update(id, job_status::RUNNING, row.attempts + 1, None)
-        .await;
+    if !record_attempt(&shared, &row).await {
+        return false;
+    }
     let submitted = loop {
         match submit(&shared, &row, &spec).await {
             // A resumed job was accepted before: it waits for room rather
