@@ -42,9 +42,14 @@ pub const POISON: &str = "Sorry, something in that message keeps making me fail,
 Please try sending it differently.";
 pub const TRY_AGAIN: &str = "Something went wrong on my side. Please try again in a minute.";
 
+/// `1 page`, `3 pages`.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 pub fn photo_added(count: usize) -> String {
-    let photos = if count == 1 { "photo" } else { "photos" };
-    format!("Got it: {count} {photos} collected. Send more, or /pdf to get them as one PDF.")
+    let photos = self::count(count, "photo", "photos");
+    format!("Got it: {photos} collected. Send more, or /pdf to get them as one PDF.")
 }
 
 pub fn photo_failed(name: &str) -> String {

@@ -31,6 +31,7 @@ use super::album::{AlbumPage, render_album};
 use super::report::{
     Exchange, RenderedPdf, ReportLimits, ReportRequest, estimate_pages, render_report,
 };
+use crate::bot::commands;
 use crate::config::Config;
 use crate::images::{ImagePool, PhotoRef, Prepare};
 use crate::metrics;
@@ -685,20 +686,20 @@ async fn with_chat_action(
 
 async fn deliver(shared: &Arc<Shared>, row: &JobRow, spec: &JobSpec, pdf: RenderedPdf) -> Outcome {
     let (file_name, caption) = match spec {
-        JobSpec::Report { .. } => (
-            format!("report-{}.pdf", row.id),
+        JobSpec::Report { .. } => (format!("report-{}.pdf", row.id), {
+            let pages = commands::count(pdf.pages, "page", "pages");
             if pdf.truncated {
-                format!(
-                    "Your conversation report ({} pages, shortened to fit).",
-                    pdf.pages
-                )
+                format!("Your conversation report ({pages}, shortened to fit).")
             } else {
-                format!("Your conversation report ({} pages).", pdf.pages)
-            },
-        ),
+                format!("Your conversation report ({pages}).")
+            }
+        }),
         JobSpec::Album { photos } => (
             format!("photos-{}.pdf", row.id),
-            format!("Your {} photos as a PDF.", photos.len()),
+            format!(
+                "Your {} as a PDF.",
+                commands::count(photos.len(), "photo", "photos")
+            ),
         ),
     };
     let params = SendDocumentParams::builder()
