@@ -251,7 +251,9 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         storage: storage.clone(),
         cache: cache.clone(),
         started,
-        webhook: config.webhook_enabled(),
+        webhook: config
+            .webhook_enabled()
+            .then(|| Arc::new(std::sync::atomic::AtomicBool::new(false))),
         tree: tree.clone(),
     };
     let health = {
@@ -281,6 +283,7 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         stallable: config.debug_endpoints.then(|| journal.clone()),
     };
     let intake_probe = observed.intake.clone();
+    let webhook_set = observed.webhook.clone();
     let retry = http::dead_letters::Retry(router.clone().recipient());
     let server = http::server(
         &config,
@@ -312,6 +315,9 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         api.set_webhook(&params)
             .await
             .context("setWebhook failed")?;
+        if let Some(set) = &webhook_set {
+            set.store(true, std::sync::atomic::Ordering::Release);
+        }
         log::info!(
             "webhook set: {} (path {})",
             config.webhook_url,

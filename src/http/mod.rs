@@ -57,8 +57,9 @@ pub struct Observed {
     pub storage: Storage,
     pub cache: Arc<Cache>,
     pub started: Instant,
-    /// Intake by webhook: there is no intake actor to probe.
-    pub webhook: bool,
+    /// Intake by webhook: there is no intake actor to probe, and intake
+    /// runs once setWebhook has succeeded (the flag). `None` when polling.
+    pub webhook: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// The supervision tree the actors run in.
     pub tree: Tree,
 }
@@ -112,8 +113,13 @@ impl Observed {
     pub async fn intake_state(&self) -> (Health, serde_json::Value) {
         let poller = self.intake.lock().ok().and_then(|i| i.clone());
         let Some(poller) = poller else {
-            return if self.webhook {
-                (Health::Healthy, json!({"mode": "webhook"}))
+            return if let Some(set) = &self.webhook {
+                let health = if set.load(std::sync::atomic::Ordering::Acquire) {
+                    Health::Healthy
+                } else {
+                    Health::Unhealthy("setWebhook has not succeeded yet".into())
+                };
+                (health.clone(), json!({"mode": "webhook", "health": health}))
             } else {
                 let health = Health::Unhealthy("intake has not started".into());
                 (health.clone(), json!({"mode": "polling", "health": health}))
