@@ -68,7 +68,13 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
     std::fs::create_dir_all(&temp_dir)
         .with_context(|| format!("cannot create {}", temp_dir.display()))?;
 
-    let endpoint = Endpoint::new(&config);
+    let endpoint = Endpoint::new(&config).context("HTTPS_PROXY / HTTP_PROXY / ALL_PROXY")?;
+    if let Some(proxy) = endpoint.proxy() {
+        log::info!(
+            "the Bot API is reached through the proxy at {}",
+            proxy.authority()
+        );
+    }
     let api = endpoint.client();
     let me = authorize(&api).await?;
     let username = me.username.clone().unwrap_or_default();

@@ -19,7 +19,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use actorbot_actors::fault;
@@ -209,7 +209,6 @@ pub struct Journal {
     flushes: Vec<oneshot::Sender<()>>,
     writing: Option<InWrite>,
     failed_writes: u64,
-    last_error: Option<(Instant, String)>,
     vitals: Vitals,
 }
 
@@ -222,7 +221,6 @@ impl Journal {
             flushes: Vec::new(),
             writing: None,
             failed_writes: 0,
-            last_error: None,
             vitals: Vitals::new(0),
         }
     }
@@ -297,7 +295,6 @@ impl Journal {
     fn note_failure(&mut self, message: &str) {
         self.failed_writes += 1;
         log::warn!("journal: {message}");
-        self.last_error = Some((Instant::now(), message.to_string()));
     }
 }
 
@@ -384,14 +381,14 @@ impl Handler<Probe> for Journal {
     type Result = MessageResult<Probe>;
 
     fn handle(&mut self, _: Probe, _: &mut Self::Context) -> Self::Result {
-        // Unhealthy while writes fail; a failure more than a minute old
-        // with writes succeeding since is history.
-        let recent = self
-            .last_error
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < Duration::from_secs(60) && !self.done.is_empty());
-        let health = match recent {
-            Some((_, message)) => Health::Unhealthy(message.clone()),
+        // Unhealthy while writes fail; once one succeeds, the failure is
+        // history.
+        let health = match self.storage.failing_writes() {
+            Some(failure) => Health::Unhealthy(format!(
+                "writes have failed for {} s: {}",
+                failure.since.elapsed().as_secs(),
+                failure.error
+            )),
             None => Health::Healthy,
         };
         MessageResult(

@@ -150,3 +150,25 @@ fn loadtest_reports_as_json_and_its_slo_sets_the_exit_status() {
     );
     assert!(String::from_utf8_lossy(&impossible.stdout).contains("SLO missed: p95"));
 }
+
+#[test]
+fn a_socks_proxy_for_the_bot_api_stops_the_start_with_one_line() {
+    let data = std::env::temp_dir().join(format!("actorbot-cli-socks-{}", std::process::id()));
+    let output = actorbot(
+        &["run"],
+        &[
+            ("BOT_TOKEN", "123:abc"),
+            ("DATA_DIR", &data.display().to_string()),
+            ("ALL_PROXY", "socks5://user:secret@127.0.0.1:1080"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("socks5"))
+        .unwrap_or_else(|| panic!("no line names the proxy: {stderr}"));
+    assert!(line.contains("not supported"), "{line}");
+    assert!(!stderr.contains("secret"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -453,3 +453,35 @@ async fn a_document_is_uploaded_with_a_content_length() {
     let text = extract_text(&pdf).expect("extracts").join("\n");
     assert!(text.contains("A count of bytes."), "{text}");
 }
+
+#[actix_rt::test]
+async fn a_local_bot_api_server_s_files_are_read_from_disk() {
+    let files = common::unique_dir("local-bot-api");
+    let app = TestApp::builder()
+        .env("TELEGRAM_LOCAL_MODE", "true")
+        .start()
+        .await;
+    // As `telegram-bot-api --local` does: getFile answers a path on this
+    // machine, and nothing can be downloaded over HTTP.
+    app.tg.local_mode(&files);
+    let user = 77_001;
+    app.tg.inject_photo(user, jpeg(300, 200), None);
+    wait_for_text(&app, user, "1 photo collected").await;
+    app.tg.inject_text(user, "/pdf");
+    let (message, pdf) = wait_for_document(&app, user, 1).await;
+    assert!(message.text.contains("1 photo"), "{}", message.text);
+    assert_eq!(extract_text(&pdf).expect("the album extracts").len(), 1);
+}
+
+#[actix_rt::test]
+async fn a_local_bot_api_server_without_local_mode_is_named_in_the_log() {
+    let files = common::unique_dir("local-bot-api");
+    let app = TestApp::builder().start().await;
+    app.tg.local_mode(&files);
+    let user = 77_002;
+    app.tg.inject_photo(user, jpeg(300, 200), None);
+    let refusal = wait_for_text(&app, user, "it was not added").await;
+    assert!(refusal.text.contains("photo 1"), "{}", refusal.text);
+    app.wait_for_log("TELEGRAM_LOCAL_MODE=true", Duration::from_secs(5))
+        .await;
+}

@@ -1,5 +1,6 @@
 //! Nothing taken is lost: a full outbox slows intake instead of dropping
-//! replies, and an outage of Telegram is ridden out without a restart.
+//! replies, and an outage of Telegram or of the database is ridden out
+//! without a restart.
 
 mod common;
 
@@ -177,4 +178,130 @@ async fn a_database_outage_holds_intake_and_every_update_is_answered_after_it() 
         .expect("and confirmed");
     app.wait_for_json("/ready", Duration::from_secs(30), |s, _| s == 200)
         .await;
+}
+
+/// A connection of another program to the daemon's SQLite file.
+fn another_program(app: &TestApp) -> diesel::SqliteConnection {
+    use diesel::connection::{Connection, SimpleConnection};
+    let path = app.data_dir.join("actorbot.sqlite3");
+    let mut conn = diesel::SqliteConnection::establish(&path.to_string_lossy())
+        .expect("the daemon's database opens");
+    conn.batch_execute("PRAGMA busy_timeout = 10000;")
+        .expect("busy timeout");
+    conn
+}
+
+/// Writes fail for a while (`block` makes them fail, `unblock` ends it):
+/// updates injected meanwhile are neither confirmed nor lost, `/ready` says
+/// why with `reason` in its answer, and each of them is answered once when
+/// writes work again.
+async fn writes_refused_then_restored(
+    app: &TestApp,
+    first_user: i64,
+    reason: &str,
+    block: impl FnOnce(),
+    unblock: impl FnOnce(),
+) {
+    let before = app.tg.inject_text(first_user, "/start");
+    app.tg
+        .wait_for_messages(first_user, 1, Duration::from_secs(20))
+        .await
+        .expect("answered before writes fail");
+    app.tg
+        .wait_confirmed(before, Duration::from_secs(10))
+        .await
+        .expect("confirmed");
+
+    block();
+    let users = 20;
+    let mut last = 0;
+    for user in 1..=users {
+        last = app.tg.inject_text(first_user + user, "/start");
+    }
+    let body = app
+        .wait_for_json("/ready", Duration::from_secs(30), |s, _| s == 503)
+        .await;
+    assert!(body.to_string().contains(reason), "{body}\n{}", app.log());
+    assert!(
+        app.tg.confirmed_offset() <= last,
+        "every update was confirmed although writes fail"
+    );
+
+    unblock();
+    app.tg
+        .wait_until(Duration::from_secs(60), |s| {
+            (1..=users).all(|u| !s.messages_to(first_user + u).is_empty())
+        })
+        .await
+        .expect("every update answered once writes work again");
+    let by_user = replies_by_user(app);
+    for user in 1..=users {
+        assert_eq!(by_user[&(first_user + user)].len(), 1, "user {user}");
+    }
+    app.tg
+        .wait_confirmed(last, Duration::from_secs(10))
+        .await
+        .expect("and confirmed");
+    app.wait_for_json("/ready", Duration::from_secs(30), |s, _| s == 200)
+        .await;
+}
+
+#[actix_rt::test]
+async fn a_full_sqlite_file_holds_intake_until_there_is_room() {
+    use diesel::connection::SimpleConnection;
+    let cap_mb = 1u64;
+    let app = common::unthrottled(TestApp::builder())
+        .env("SQLITE_MAX_SIZE_MB", cap_mb)
+        .start()
+        .await;
+    let other = std::cell::RefCell::new(another_program(&app));
+    // Another program takes the file past the daemon's bound, as a full
+    // disk would: the daemon's writes that need a new page fail. Dropping
+    // the ballast frees its pages for them.
+    let ballast = (cap_mb << 20) + (256 << 10);
+    writes_refused_then_restored(
+        &app,
+        70_000,
+        "full",
+        || {
+            other
+                .borrow_mut()
+                .batch_execute(&format!(
+                    "CREATE TABLE ballast (b BLOB); INSERT INTO ballast VALUES (zeroblob({ballast}));"
+                ))
+                .expect("the ballast is written");
+        },
+        || {
+            other
+                .borrow_mut()
+                .batch_execute("DROP TABLE ballast;")
+                .expect("the ballast is dropped");
+        },
+    )
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_sqlite_file_locked_by_another_program_holds_intake_until_it_is_released() {
+    use diesel::connection::SimpleConnection;
+    let app = common::unthrottled(TestApp::builder()).start().await;
+    let other = std::cell::RefCell::new(another_program(&app));
+    writes_refused_then_restored(
+        &app,
+        80_000,
+        "locked",
+        || {
+            other
+                .borrow_mut()
+                .batch_execute("BEGIN EXCLUSIVE;")
+                .expect("the lock is taken");
+        },
+        || {
+            other
+                .borrow_mut()
+                .batch_execute("COMMIT;")
+                .expect("the lock is released");
+        },
+    )
+    .await;
 }

@@ -11,9 +11,10 @@
 //! lets a malformed value stop the start with one line naming the variable
 //! and what it expected. Besides this module, `main` reads `RUST_LOG` for
 //! the log filter and, for `actorbot sandbox`, whether `AI_API_URL` was set
-//! at all; the HTTP client of the AI backend honours the usual proxy
-//! variables (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` naming an HTTP proxy,
-//! `NO_PROXY`), as reqwest does.
+//! at all; the usual proxy variables (`HTTP_PROXY`, `HTTPS_PROXY`,
+//! `ALL_PROXY` naming an HTTP proxy, `NO_PROXY`) are read by the HTTP
+//! clients of the AI backend (reqwest's own reading) and of the Bot API
+//! ([`crate::telegram::proxy`]).
 
 mod secret;
 
@@ -84,6 +85,7 @@ pub struct Config {
 
     pub bot_token: Secret,
     pub telegram_api_url: String,
+    pub telegram_local_mode: bool,
     pub telegram_max_connections: usize,
     pub http_timeout: f64,
     pub polling_timeout: u32,
@@ -110,6 +112,7 @@ pub struct Config {
     pub db_pool_max_size: u32,
     pub data_dir: PathBuf,
     pub sqlite_synchronous: String,
+    pub sqlite_max_size_mb: u64,
     pub redis_url: SecretUrl,
 
     pub ai_api_url: String,

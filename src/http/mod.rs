@@ -136,8 +136,19 @@ impl Observed {
     pub async fn database(&self) -> (Health, serde_json::Value) {
         let pool = self.storage.pool_state();
         let ping = tokio::time::timeout(DB_DEADLINE, self.storage.ping()).await;
+        let failing = self.storage.failing_writes();
         let (health, latency) = match ping {
-            Ok(Ok(latency)) => (Health::Healthy, Some(latency.as_secs_f64() * 1000.0)),
+            Ok(Ok(latency)) => match &failing {
+                Some(failure) => (
+                    Health::Unhealthy(format!(
+                        "reads work but writes have failed for {} s: {}",
+                        failure.since.elapsed().as_secs(),
+                        failure.error
+                    )),
+                    Some(latency.as_secs_f64() * 1000.0),
+                ),
+                None => (Health::Healthy, Some(latency.as_secs_f64() * 1000.0)),
+            },
             Ok(Err(err)) => (Health::Unhealthy(err.to_string()), None),
             Err(_) => (
                 Health::Unhealthy(format!("no answer within {DB_DEADLINE:?}")),

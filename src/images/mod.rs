@@ -119,7 +119,7 @@ impl ImagePool {
             max_pixels: config.max_image_pixels,
             ..ImageLimits::default()
         };
-        let endpoint = Endpoint::new(config);
+        let endpoint = Endpoint::new(config).map_err(std::io::Error::other)?;
         let temp_dir = config.temp_dir();
         Ok(move || ImagePool {
             api: endpoint.client(),
@@ -175,8 +175,12 @@ impl Handler<Prepare> for ImagePool {
                 Err(_) => "failed",
             };
             metrics::IMAGES.with_label_values(&[outcome]).inc();
-            let prepared = result.inspect_err(|err| {
-                log::info!("photo {} ({}): {err}", photo.file_unique_id, photo.name);
+            let prepared = result.inspect_err(|err| match err {
+                // The operator's to fix, not the user's photo.
+                PhotoError::Download(TelegramError::Unusable { .. }) => {
+                    log::error!("photo {}: {err}", photo.file_unique_id);
+                }
+                _ => log::info!("photo {} ({}): {err}", photo.file_unique_id, photo.name),
             })?;
             processed.fetch_add(1, Ordering::Relaxed);
             cache.put(&key, encode_cached(&prepared)).await;

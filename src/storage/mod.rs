@@ -67,6 +67,9 @@ pub enum StorageError {
     Query(#[from] diesel::result::Error),
     #[error("database task failed: {0}")]
     Task(String),
+    /// One failure answered to every write of a group.
+    #[error(transparent)]
+    Shared(Arc<StorageError>),
 }
 
 impl From<diesel::r2d2::PoolError> for StorageError {
@@ -160,6 +163,36 @@ pub struct Storage {
     /// SQLite's writes go through one thread, in groups.
     writer: Option<Arc<writer::GroupWriter>>,
     description: Arc<str>,
+    writes: Arc<WriteState>,
+}
+
+/// How the latest write went. A database that answers reads but refuses
+/// writes (full, locked by another process, read-only) cannot take
+/// updates, and a ping alone would not show it.
+#[derive(Default)]
+struct WriteState(std::sync::Mutex<Option<WriteFailure>>);
+
+/// Writes have failed since `since`; `error` is the latest failure.
+#[derive(Debug, Clone)]
+pub struct WriteFailure {
+    pub since: Instant,
+    pub error: String,
+}
+
+impl WriteState {
+    fn note<T>(&self, outcome: &Result<T, StorageError>) {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(_) => *state = None,
+            Err(err) => {
+                let since = state.as_ref().map_or_else(Instant::now, |f| f.since);
+                *state = Some(WriteFailure {
+                    since,
+                    error: err.to_string(),
+                });
+            }
+        }
+    }
 }
 
 /// SQLite settings for a daemon with many writers: WAL lets readers run
@@ -168,10 +201,18 @@ pub struct Storage {
 /// `FULL` syncs the log at every commit, which is what makes a commit that
 /// precedes an offset confirmation survive the machine, not only the
 /// process. The group commit pays that once per group.
+///
+/// `max_pages` is `SQLITE_MAX_SIZE_MB` in pages of the default size: a
+/// write that would grow the file past it fails as on a full disk, and
+/// pages freed by pruning are used again.
 #[derive(Debug, Clone, Copy)]
 struct SqliteSetup {
     synchronous: &'static str,
+    max_pages: Option<u64>,
 }
+
+/// SQLite's default page size, which actorbot's files keep.
+const SQLITE_PAGE_SIZE: u64 = 4096;
 
 impl SqliteSetup {
     fn new(config: &Config) -> SqliteSetup {
@@ -180,7 +221,12 @@ impl SqliteSetup {
             "extra" => "EXTRA",
             _ => "FULL",
         };
-        SqliteSetup { synchronous }
+        let max_pages = (config.sqlite_max_size_mb > 0)
+            .then(|| config.sqlite_max_size_mb.saturating_mul(1 << 20) / SQLITE_PAGE_SIZE);
+        SqliteSetup {
+            synchronous,
+            max_pages,
+        }
     }
 }
 
@@ -188,11 +234,15 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup 
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         // The busy timeout goes first, so that what follows waits for a
         // writer instead of failing. WAL is set once, when the pool is built.
-        conn.batch_execute(&format!(
+        let mut setup = format!(
             "PRAGMA busy_timeout = 5000; PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;",
             self.synchronous
-        ))
-        .map_err(diesel::r2d2::Error::QueryError)
+        );
+        if let Some(pages) = self.max_pages {
+            setup.push_str(&format!(" PRAGMA max_page_count = {pages};"));
+        }
+        conn.batch_execute(&setup)
+            .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -317,6 +367,7 @@ impl Storage {
             writer,
             threads: Arc::new(threads::DbThreads::new(threads)),
             description: format!("{description}, pool {min}..{max}").into(),
+            writes: Arc::default(),
         })
     }
 
@@ -380,6 +431,16 @@ impl Storage {
         T: Send + 'static,
         F: FnOnce(Conn<'_>) -> Result<T, StorageError> + Send + 'static,
     {
+        let outcome = self.write_once(work).await;
+        self.writes.note(&outcome);
+        outcome
+    }
+
+    async fn write_once<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn<'_>) -> Result<T, StorageError> + Send + 'static,
+    {
         let Some(writer) = &self.writer else {
             return self
                 .blocking(move |pools| match pools {
@@ -398,6 +459,15 @@ impl Storage {
         answered
             .await
             .map_err(|_| StorageError::Task("the database write panicked".into()))?
+    }
+
+    /// Since when writes fail and why, while they do.
+    pub fn failing_writes(&self) -> Option<WriteFailure> {
+        self.writes
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A round trip to the database.

@@ -10,9 +10,10 @@
 //! the commit, so nothing is reported saved that is not.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 
-use diesel::connection::Connection;
+use diesel::connection::SimpleConnection;
 use diesel::sqlite::SqliteConnection;
 
 use super::{SqlitePool, StorageError};
@@ -22,9 +23,10 @@ const MAX_GROUP: usize = 512;
 
 /// A write waiting for its group.
 pub(super) trait GroupWrite: Send {
-    /// Runs the write inside the group's transaction; answers what to tell
-    /// its caller once the transaction is over.
-    fn run(self: Box<Self>, conn: &mut SqliteConnection) -> Box<dyn Settle>;
+    /// Runs the write in a savepoint of the group's transaction; answers
+    /// what to tell its caller once the transaction is over, and the cause
+    /// when the failure took the whole transaction with it.
+    fn run(self: Box<Self>, conn: &mut SqliteConnection) -> Ran;
     /// The group never started: tells the caller why.
     fn fail(self: Box<Self>, err: StorageError);
 }
@@ -40,9 +42,17 @@ pub(super) struct Pending<T, F> {
     pub answer: tokio::sync::oneshot::Sender<Result<T, StorageError>>,
 }
 
-struct Ran<T> {
+struct Answer<T> {
     result: Result<T, StorageError>,
     answer: tokio::sync::oneshot::Sender<Result<T, StorageError>>,
+}
+
+/// A write that has run.
+pub(super) struct Ran {
+    settle: Box<dyn Settle>,
+    /// SQLite rolled back the whole transaction, as it may on a full disk:
+    /// why, for the writes that will not run.
+    lost: Option<Arc<StorageError>>,
 }
 
 impl<T, F> GroupWrite for Pending<T, F>
@@ -50,11 +60,20 @@ where
     T: Send + 'static,
     F: FnOnce(&mut SqliteConnection) -> Result<T, StorageError> + Send,
 {
-    fn run(self: Box<Self>, conn: &mut SqliteConnection) -> Box<dyn Settle> {
+    fn run(self: Box<Self>, conn: &mut SqliteConnection) -> Ran {
         let Pending { work, answer } = *self;
-        // Inside the group's transaction this is a savepoint.
-        let result = conn.transaction(work);
-        Box::new(Ran { result, answer })
+        let (result, lost) = match savepoint(conn, work) {
+            Ok(value) => (Ok(value), None),
+            Err(Failed::Alone(err)) => (Err(err), None),
+            Err(Failed::WithTransaction(err)) => {
+                let err = Arc::new(err);
+                (Err(StorageError::Shared(err.clone())), Some(err))
+            }
+        };
+        Ran {
+            settle: Box::new(Answer { result, answer }),
+            lost,
+        }
     }
 
     fn fail(self: Box<Self>, err: StorageError) {
@@ -62,7 +81,7 @@ where
     }
 }
 
-impl<T: Send> Settle for Ran<T> {
+impl<T: Send> Settle for Answer<T> {
     fn settle(self: Box<Self>, commit: Result<(), &StorageError>) {
         let result = match (self.result, commit) {
             (Ok(value), Ok(())) => Ok(value),
@@ -72,6 +91,37 @@ impl<T: Send> Settle for Ran<T> {
             ))),
         };
         let _ = self.answer.send(result);
+    }
+}
+
+/// How a write failed.
+enum Failed {
+    /// Its savepoint was rolled back; the group goes on.
+    Alone(StorageError),
+    /// SQLite had already rolled back the whole transaction.
+    WithTransaction(StorageError),
+}
+
+/// Runs `work` in a savepoint of its own. The savepoint is written here
+/// rather than by diesel's nested transaction so that the write's own error
+/// is kept when rolling back to the savepoint fails too, which is how a
+/// transaction that SQLite rolled back by itself (`SQLITE_FULL`) shows.
+fn savepoint<T>(
+    conn: &mut SqliteConnection,
+    work: impl FnOnce(&mut SqliteConnection) -> Result<T, StorageError>,
+) -> Result<T, Failed> {
+    conn.batch_execute("SAVEPOINT group_write")
+        .map_err(|e| Failed::WithTransaction(e.into()))?;
+    match work(conn) {
+        Ok(value) => {
+            conn.batch_execute("RELEASE group_write")
+                .map_err(|e| Failed::WithTransaction(e.into()))?;
+            Ok(value)
+        }
+        Err(err) => match conn.batch_execute("ROLLBACK TO group_write; RELEASE group_write") {
+            Ok(()) => Err(Failed::Alone(err)),
+            Err(_) => Err(Failed::WithTransaction(err)),
+        },
     }
 }
 
@@ -119,14 +169,35 @@ fn write_groups(pool: &SqlitePool, queue: &Receiver<Box<dyn GroupWrite>>) {
         // task), and the group is rolled back; the thread goes on.
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let mut settles = Vec::with_capacity(group.len());
+            let mut waiting = Some(group);
             let commit = conn.immediate_transaction(|conn| {
-                for write in group {
-                    settles.push(write.run(conn));
+                let mut writes = waiting.take().into_iter().flatten();
+                while let Some(write) = writes.next() {
+                    let Ran { settle, lost } = write.run(conn);
+                    settles.push(settle);
+                    if let Some(cause) = lost {
+                        for write in writes {
+                            write.fail(StorageError::Shared(cause.clone()));
+                        }
+                        return Err(StorageError::Shared(cause));
+                    }
                 }
                 Ok::<_, StorageError>(())
             });
-            for settle in settles {
-                settle.settle(commit.as_ref().map(|_| ()));
+            match (waiting, commit) {
+                // The transaction could not begin (the file locked by
+                // another program, say): no write ran.
+                (Some(group), Err(err)) => {
+                    let err = Arc::new(err);
+                    for write in group {
+                        write.fail(StorageError::Shared(err.clone()));
+                    }
+                }
+                (_, commit) => {
+                    for settle in settles {
+                        settle.settle(commit.as_ref().map(|_| ()));
+                    }
+                }
             }
         }));
         if outcome.is_err() {
@@ -139,7 +210,7 @@ fn write_groups(pool: &SqlitePool, queue: &Receiver<Box<dyn GroupWrite>>) {
 mod tests {
     use super::*;
     use diesel::RunQueryDsl;
-    use diesel::connection::SimpleConnection;
+    use diesel::connection::Connection;
     use diesel::r2d2::{ConnectionManager, Pool};
     use diesel::sql_types::BigInt;
 
@@ -149,9 +220,9 @@ mod tests {
         n: i64,
     }
 
-    #[test]
-    fn a_failing_write_rolls_back_alone_and_answers_come_after_the_commit() {
-        let dir = std::env::temp_dir().join(format!("actorbot-writer-{}", std::process::id()));
+    /// A fresh WAL database in its own directory, with one table `t`.
+    fn table_t(name: &str) -> (std::path::PathBuf, std::path::PathBuf, SqlitePool) {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("w.sqlite3");
         let _ = std::fs::remove_file(&path);
@@ -163,6 +234,12 @@ mod tests {
             .unwrap()
             .batch_execute("PRAGMA journal_mode = WAL; CREATE TABLE t (n BIGINT PRIMARY KEY)")
             .unwrap();
+        (dir, path, pool)
+    }
+
+    #[test]
+    fn a_failing_write_rolls_back_alone_and_answers_come_after_the_commit() {
+        let (dir, _, pool) = table_t("actorbot-writer");
         let writer = GroupWriter::start(pool.clone()).unwrap();
         // Many writes at once, so that they share groups; one of them
         // breaks the primary key.
@@ -195,6 +272,34 @@ mod tests {
             .get_result(&mut *pool.get().unwrap())
             .unwrap();
         assert_eq!(count.n, 199);
+        drop(writer);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_group_that_cannot_begin_answers_every_write_with_the_cause() {
+        let (dir, path, pool) = table_t("actorbot-writer-lock");
+        // Another program holds the write lock; no busy timeout here, so
+        // BEGIN fails at once.
+        let mut other = SqliteConnection::establish(&path.to_string_lossy()).unwrap();
+        other.batch_execute("BEGIN EXCLUSIVE").unwrap();
+        let writer = GroupWriter::start(pool.clone()).unwrap();
+        let (answer, answered) = tokio::sync::oneshot::channel::<Result<(), StorageError>>();
+        writer
+            .submit(Box::new(Pending {
+                work: |c: &mut SqliteConnection| {
+                    diesel::sql_query("INSERT INTO t VALUES (1)").execute(c)?;
+                    Ok(())
+                },
+                answer,
+            }))
+            .unwrap();
+        let err = answered
+            .blocking_recv()
+            .expect("the write is answered, not dropped")
+            .unwrap_err();
+        assert!(err.to_string().contains("locked"), "{err}");
+        other.batch_execute("COMMIT").unwrap();
         drop(writer);
         let _ = std::fs::remove_dir_all(&dir);
     }

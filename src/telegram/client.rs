@@ -30,6 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::error::TelegramError;
+use super::proxy::{Proxy, ProxyEnv, ProxyError, TunnelConnector};
 use crate::config::{Config, Secret};
 
 /// What the bot keeps of a message it sent. Telegram answers with the
@@ -55,7 +56,8 @@ pub struct Sent {
     pub message_id: i32,
 }
 
-/// editMessageText answers with the message, or `true` for inline messages.
+/// editMessageText answers with the message, or `true` for inline messages
+/// (and some emulators with `null`, read as `None`).
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(untagged)]
 pub enum SentOrBool {
@@ -77,18 +79,30 @@ struct EndpointInner {
     token: Secret,
     timeout: Duration,
     max_connections: usize,
+    local_mode: bool,
+    proxy: Option<Proxy>,
 }
 
 impl Endpoint {
-    pub fn new(config: &Config) -> Endpoint {
-        Endpoint {
+    /// The Bot API `config` names, through the proxy the environment names
+    /// for it, if any ([`super::proxy`]).
+    pub fn new(config: &Config) -> Result<Endpoint, ProxyError> {
+        let proxy = ProxyEnv::from_env().for_url(&config.telegram_api_url)?;
+        Ok(Endpoint {
             inner: Arc::new(EndpointInner {
                 api_url: config.telegram_api_url.trim_end_matches('/').to_string(),
                 token: config.bot_token.clone(),
                 timeout: config.http_timeout(),
                 max_connections: config.telegram_max_connections,
+                local_mode: config.telegram_local_mode,
+                proxy,
             }),
-        }
+        })
+    }
+
+    /// The proxy the Bot API is reached through, if any.
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.inner.proxy.as_ref()
     }
 
     /// Builds a client for the current thread.
@@ -98,15 +112,27 @@ impl Endpoint {
             .limit(self.inner.max_connections)
             .conn_keep_alive(Duration::from_secs(90))
             .timeout(self.inner.timeout.min(Duration::from_secs(10)));
-        let http = awc::Client::builder()
-            .connector(connector)
-            .timeout(self.inner.timeout)
-            .disable_redirects()
-            .add_default_header((
-                "User-Agent",
-                concat!("actorbot/", env!("CARGO_PKG_VERSION")),
-            ))
-            .finish();
+        // The connector's type differs with a proxy, so each way finishes
+        // its own builder, with the same settings.
+        macro_rules! finish {
+            ($builder:expr) => {
+                $builder
+                    .timeout(self.inner.timeout)
+                    .disable_redirects()
+                    .add_default_header((
+                        "User-Agent",
+                        concat!("actorbot/", env!("CARGO_PKG_VERSION")),
+                    ))
+                    .finish()
+            };
+        }
+        let http = match &self.inner.proxy {
+            Some(proxy) => finish!(
+                awc::Client::builder()
+                    .connector(connector.connector(TunnelConnector(proxy.clone())))
+            ),
+            None => finish!(awc::Client::builder().connector(connector)),
+        };
         BotApi {
             http,
             endpoint: self.clone(),
@@ -360,7 +386,7 @@ impl BotApi {
     pub async fn edit_message_text(
         &self,
         params: &EditMessageTextParams,
-    ) -> Result<SentOrBool, TelegramError> {
+    ) -> Result<Option<SentOrBool>, TelegramError> {
         self.call("editMessageText", params).await
     }
 
@@ -391,6 +417,20 @@ impl BotApi {
         max_bytes: usize,
     ) -> Result<Bytes, TelegramError> {
         const METHOD: &str = "downloadFile";
+        if std::path::Path::new(file_path).is_absolute() {
+            // A local Bot API server (`--local`) answers a path on its disk.
+            return if self.endpoint.inner.local_mode {
+                read_local_file(file_path, max_bytes).await
+            } else {
+                Err(TelegramError::Unusable {
+                    method: METHOD.to_string(),
+                    message: "getFile answered a path on the Bot API server's disk, as a server \
+                              started with --local does: set TELEGRAM_LOCAL_MODE=true on a \
+                              machine that shares that disk"
+                        .to_string(),
+                })
+            };
+        }
         let transport = |err: String| TelegramError::Transport {
             method: METHOD.to_string(),
             message: self.endpoint.redact(&err),
@@ -423,6 +463,27 @@ impl BotApi {
                 other => transport(other.to_string()),
             })
     }
+}
+
+/// Reads a file a local Bot API server keeps, refusing anything larger than
+/// `max_bytes` before reading it.
+async fn read_local_file(path: &str, max_bytes: usize) -> Result<Bytes, TelegramError> {
+    const METHOD: &str = "readLocalFile";
+    let unusable = |err: std::io::Error| TelegramError::Unusable {
+        method: METHOD.to_string(),
+        message: format!("cannot read {path} (TELEGRAM_LOCAL_MODE): {err}"),
+    };
+    let size = tokio::fs::metadata(path).await.map_err(unusable)?.len();
+    if size > max_bytes as u64 {
+        return Err(TelegramError::Refused {
+            method: METHOD.to_string(),
+            message: format!("file larger than {max_bytes} bytes"),
+        });
+    }
+    tokio::fs::read(path)
+        .await
+        .map(Bytes::from)
+        .map_err(unusable)
 }
 
 /// Decodes a Bot API answer: `{"ok":true,"result":...}` or Telegram's error.
@@ -512,7 +573,7 @@ mod tests {
             .collect(),
         )
         .unwrap();
-        let endpoint = Endpoint::new(&config);
+        let endpoint = Endpoint::new(&config).unwrap();
         let url = endpoint.method_url("getMe");
         assert!(url.contains("SECRET_abc"));
         let shown = endpoint.redact(&format!("failed to connect to {url}"));

@@ -34,6 +34,11 @@ pub enum TelegramError {
     /// empty text, a body that cannot be encoded).
     #[error("{method}: {message}")]
     Refused { method: String, message: String },
+    /// The answer cannot be used as this daemon is configured (a file on a
+    /// local Bot API server's disk without `TELEGRAM_LOCAL_MODE`, or one it
+    /// cannot read): an operator's matter, not retried.
+    #[error("{method}: {message}")]
+    Unusable { method: String, message: String },
     /// The outbox could not take or finish the request now (full, or
     /// restarting after a crash): nothing was sent, and the same request
     /// may be posted again shortly.
@@ -83,7 +88,7 @@ impl TelegramError {
             TelegramError::Transport { .. } => true,
             TelegramError::Api { error_code, .. } => *error_code >= 500 || *error_code == 429,
             TelegramError::Decode { status, .. } => *status >= 500,
-            TelegramError::Refused { .. } => false,
+            TelegramError::Refused { .. } | TelegramError::Unusable { .. } => false,
         };
         if transient {
             FailureClass::Transient
@@ -124,6 +129,7 @@ impl TelegramError {
             TelegramError::Transport { .. } => "transport",
             TelegramError::Decode { .. } => "decode",
             TelegramError::Refused { .. } => "refused",
+            TelegramError::Unusable { .. } => "unusable",
             TelegramError::Unavailable { .. } => "unavailable",
         }
     }

@@ -20,6 +20,7 @@ pub mod client;
 pub mod error;
 pub mod format;
 pub mod outbox;
+pub mod proxy;
 pub mod split;
 pub mod update;
 

@@ -258,6 +258,14 @@ impl FakeTelegram {
         self.state().update(|s| s.minimal_get_me = true);
     }
 
+    /// Plays `telegram-bot-api --local`: files stored from now on are
+    /// written under `dir`, getFile answers their absolute path and no size
+    /// limit, and they cannot be downloaded over HTTP.
+    pub fn local_mode(&self, dir: &std::path::Path) {
+        let dir = dir.to_path_buf();
+        self.state().update(|s| s.local_dir = Some(dir));
+    }
+
     /// Refuses request bodies sent without a `Content-Length` (chunked)
     /// with 411, as some proxies in front of a Bot API server do.
     pub fn require_content_length(&self) {

@@ -390,7 +390,7 @@ fn call(
                 .files
                 .get(&file_id)
                 .ok_or_else(|| ApiError::bad_request("invalid file_id"))?;
-            if file.bytes.len() > 20 * 1024 * 1024 {
+            if s.local_dir.is_none() && file.bytes.len() > 20 * 1024 * 1024 {
                 return Err(ApiError::bad_request("file is too big"));
             }
             Ok(json!({

@@ -200,6 +200,8 @@ pub struct FakeState {
     pub(crate) require_content_length: bool,
     /// getUpdates ignores `offset` and `timeout`: every update kept, at once.
     pub(crate) sloppy_polling: bool,
+    /// Where files go in local mode (`telegram-bot-api --local`).
+    pub(crate) local_dir: Option<std::path::PathBuf>,
 }
 
 impl FakeState {
@@ -230,6 +232,7 @@ impl FakeState {
             total_waiters: Vec::new(),
             minimal_get_me: false,
             require_content_length: false,
+            local_dir: None,
         }
     }
 
@@ -396,11 +399,21 @@ impl FakeState {
         self.next_file += 1;
         let file_id = format!("AgAD-fake-file-{n:06}");
         let unique = format!("AQAD-fake-unique-{n:06}");
+        let file_path = match &self.local_dir {
+            Some(dir) => {
+                let path = dir.join(format!("file_{n}.{extension}"));
+                std::fs::create_dir_all(dir)
+                    .and_then(|()| std::fs::write(&path, &bytes))
+                    .expect("the fake's local file is written");
+                path.to_string_lossy().into_owned()
+            }
+            None => format!("files/file_{n}.{extension}"),
+        };
         self.files.insert(
             file_id.clone(),
             StoredFile {
                 file_unique_id: unique.clone(),
-                file_path: format!("files/file_{n}.{extension}"),
+                file_path,
                 bytes,
             },
         );

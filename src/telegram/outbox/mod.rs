@@ -84,6 +84,13 @@ impl Request {
         !matches!(self, Request::ChatAction(_) | Request::Draft(_))
     }
 
+    /// Whether the request is only worth sending now: "typing…" or a
+    /// draft preview sent late shows something stale, and the next one
+    /// supersedes it. One that fails on the way is not tried again.
+    fn is_ephemeral(&self) -> bool {
+        matches!(self, Request::ChatAction(_) | Request::Draft(_))
+    }
+
     fn set_chat_id(&mut self, chat_id: i64) {
         let id = ChatId::Integer(chat_id);
         match self {
@@ -100,8 +107,8 @@ impl Request {
         match self {
             Request::Message(p) => api.send_message(&p).await.map(Delivered::Message),
             Request::Edit(p) => match api.edit_message_text(&p).await? {
-                SentOrBool::Sent(m) => Ok(Delivered::Message(m)),
-                SentOrBool::Bool(_) => Ok(Delivered::Done),
+                Some(SentOrBool::Sent(m)) => Ok(Delivered::Message(m)),
+                Some(SentOrBool::Bool(_)) | None => Ok(Delivered::Done),
             },
             Request::ChatAction(p) => api.send_chat_action(&p).await.map(|_| Delivered::Done),
             Request::Draft(p) => api.send_message_draft(&p).await.map(|_| Delivered::Done),
@@ -525,6 +532,7 @@ impl Outbox {
                     self.requeue(chat_id, job, now);
                 }
             }
+            Err(err) if err.is_transient() && job.request.is_ephemeral() => self.fail(job, err),
             Err(err) if err.is_transient() => {
                 job.attempts += 1;
                 let since = *job.failing_since.get_or_insert(now);

@@ -4,6 +4,7 @@
 //! headless-browser driver and a PDF reader.
 
 pub mod browser;
+pub mod http_proxy;
 pub mod pdf;
 pub mod proxy;
 pub mod wire;

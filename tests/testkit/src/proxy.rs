@@ -103,7 +103,8 @@ fn accept(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream) {
+/// Copies one way until either end closes, then closes both.
+pub(crate) fn pump(mut from: TcpStream, mut to: TcpStream) {
     let mut buffer = [0u8; 16 * 1024];
     loop {
         match from.read(&mut buffer) {
