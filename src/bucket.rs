@@ -49,6 +49,16 @@ impl Bucket {
         self.tokens -= 1.0;
     }
 
+    /// A new rate and burst from `now` on, keeping the tokens there are
+    /// (at most the new burst): a change neither grants a burst nor takes
+    /// one away.
+    pub fn retune(&mut self, rate_per_sec: f64, burst: u32, now: Instant) {
+        self.refill(now);
+        self.rate = rate_per_sec;
+        self.burst = f64::from(burst.max(1));
+        self.tokens = self.tokens.min(self.burst);
+    }
+
     /// Whether the bucket is full again, so forgetting it loses nothing.
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
@@ -74,5 +84,21 @@ mod tests {
         assert!(bucket.ready_at(next) > next);
         assert!(!bucket.is_full(next));
         assert!(bucket.is_full(next + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_new_rate_keeps_the_tokens_within_the_new_burst() {
+        let t0 = Instant::now();
+        let mut bucket = Bucket::new(1.0, 10, t0);
+        for _ in 0..4 {
+            bucket.take(t0);
+        }
+        bucket.retune(100.0, 3, t0);
+        // Six tokens were left; the new burst holds three.
+        for _ in 0..3 {
+            assert_eq!(bucket.ready_at(t0), t0);
+            bucket.take(t0);
+        }
+        assert_eq!(bucket.ready_at(t0), t0 + Duration::from_millis(10));
     }
 }

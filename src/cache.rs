@@ -47,7 +47,8 @@ pub struct CacheStats {
 
 pub struct Cache {
     space: &'static str,
-    ttl: Duration,
+    /// In milliseconds; it can change while running ([`Cache::set_ttl`]).
+    ttl_ms: AtomicU64,
     local: Mutex<LruCache<String, (Instant, Vec<u8>)>>,
     redis: Option<ConnectionManager>,
     redis_down_since: Mutex<Option<Instant>>,
@@ -62,7 +63,7 @@ impl Cache {
         let capacity = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         Cache {
             space,
-            ttl,
+            ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
             local: Mutex::new(LruCache::new(capacity)),
             redis: None,
             redis_down_since: Mutex::new(None),
@@ -89,6 +90,16 @@ impl Cache {
         let mut cache = Cache::local(space, ttl, capacity);
         cache.redis = Some(manager);
         Ok(cache)
+    }
+
+    /// How long an entry put from now on lives.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed))
+    }
+
+    /// Entries put from now on live this long; those there keep theirs.
+    pub fn set_ttl(&self, ttl: Duration) {
+        self.ttl_ms.store(ttl.as_millis() as u64, Ordering::Relaxed);
     }
 
     pub fn backend(&self) -> &'static str {
@@ -127,7 +138,7 @@ impl Cache {
     /// Stores `value` under `key` for the TTL.
     pub async fn put(&self, key: &str, value: Vec<u8>) {
         self.local_put(key, value.clone());
-        let ttl = self.ttl.as_secs().max(1);
+        let ttl = self.ttl().as_secs().max(1);
         let _ = self
             .redis_call(
                 |mut redis, k| async move { redis.set_ex::<_, _, ()>(k, value, ttl).await },
@@ -215,7 +226,7 @@ impl Cache {
 
     fn local_put(&self, key: &str, value: Vec<u8>) {
         let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-        local.put(key.to_string(), (Instant::now() + self.ttl, value));
+        local.put(key.to_string(), (Instant::now() + self.ttl(), value));
     }
 
     /// Drops expired local entries; answers how many went.

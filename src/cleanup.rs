@@ -1,7 +1,8 @@
 //! The cleanup job, run by the scheduler every `CLEANUP_INTERVAL`: removes
 //! answered inbox rows past their retention, finished jobs, and temporary
 //! files older than `TEMP_FILE_MAX_AGE`, expired in-process cache entries
-//! (Redis expires its own), and logs what it freed.
+//! (Redis expires its own), and logs what it freed. `POST /cleanup` and
+//! `/admin_cleanup` run it on demand.
 //!
 //! Expiring user states is not here: the session registry retires idle
 //! sessions itself.
@@ -17,36 +18,65 @@ use crate::config::Config;
 use crate::storage::{Storage, now_millis};
 
 /// What one run freed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Freed {
     pub inbox_rows: usize,
     pub jobs: usize,
     pub files: usize,
     pub bytes: u64,
     pub cache_entries: usize,
+    /// Sessions retired (and saved) by a cleanup asked for on demand.
+    pub sessions_retired: usize,
+}
+
+impl std::fmt::Display for Freed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "removed {} answered inbox rows, {} finished jobs, {} temporary files ({} bytes), {} expired cache entries",
+            self.inbox_rows, self.jobs, self.files, self.bytes, self.cache_entries
+        )?;
+        if self.sessions_retired > 0 {
+            write!(f, ", retired {} idle sessions", self.sessions_retired)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the cleanup works on; its settings are read at each run, so that
+/// a change made while running applies to the next one.
+#[derive(Clone)]
+pub struct Cleanup {
+    pub config: tokio::sync::watch::Receiver<Arc<Config>>,
+    pub storage: Storage,
+    pub caches: Vec<Arc<Cache>>,
+}
+
+impl Cleanup {
+    /// One run: the database, the temporary files, the caches.
+    pub async fn run(&self) -> anyhow::Result<Freed> {
+        let config = self.config.borrow().clone();
+        let cache_entries = self.caches.iter().map(|cache| cache.sweep()).sum();
+        Ok(Freed {
+            cache_entries,
+            ..run(
+                &self.storage,
+                config.inbox_retention(),
+                config.temp_dir(),
+                config.temp_file_max_age(),
+            )
+            .await?
+        })
+    }
 }
 
 /// The periodic job for the scheduler.
-pub fn schedule(config: &Config, storage: Storage, caches: Vec<Arc<Cache>>) -> Schedule {
-    let retention = config.inbox_retention();
-    let temp_dir = config.temp_dir();
-    let max_age = config.temp_file_max_age();
-    Schedule::every("cleanup", config.cleanup_interval(), move || {
-        let (storage, temp_dir) = (storage.clone(), temp_dir.clone());
-        let cache_entries = caches.iter().map(|cache| cache.sweep()).sum();
+pub fn schedule(cleanup: Cleanup, interval: Duration) -> Schedule {
+    Schedule::every("cleanup", interval, move || {
+        let cleanup = cleanup.clone();
         async move {
-            let freed = Freed {
-                cache_entries,
-                ..run(&storage, retention, temp_dir, max_age).await?
-            };
-            log::info!(
-                "cleanup: removed {} answered inbox rows, {} finished jobs, {} temporary files ({} bytes), {} expired cache entries",
-                freed.inbox_rows,
-                freed.jobs,
-                freed.files,
-                freed.bytes,
-                freed.cache_entries
-            );
+            let freed = cleanup.run().await?;
+            log::info!("cleanup: {freed}");
             Ok::<_, anyhow::Error>(())
         }
     })
@@ -69,7 +99,7 @@ pub async fn run(
         jobs,
         files,
         bytes,
-        cache_entries: 0,
+        ..Freed::default()
     })
 }
 

@@ -21,14 +21,14 @@ use actorbot_actors::registry::{KeyedRegistry, RegistryConfig};
 use actorbot_actors::scheduler::Scheduler;
 use actorbot_actors::supervisor::{GiveUp, Intensity, Strategy, Tree};
 use anyhow::{Context as _, bail};
+use tokio::sync::watch;
 
-use crate::ai::reply::Pace;
-use crate::ai::{AiPool, Assistant, Backend, PoolLimits};
+use crate::ai::{AiPool, Assistant};
 use crate::bot::commands;
-use crate::bot::ratelimit::RateLimits;
 use crate::cache::Cache;
 use crate::cleanup;
 use crate::config::Config;
+use crate::config::live::{Live, Origin};
 use crate::health::HealthChecker;
 use crate::health::checker::Remotes;
 use crate::http;
@@ -36,8 +36,9 @@ use crate::images::ImagePool;
 use crate::intake::polling::{Poller, StopPolling};
 use crate::journal::{DoneMarks, Flush, Journal};
 use crate::pdf::jobs::{PdfJobs, ResumeJobs, StopJobs};
+use crate::retune;
 use crate::router::{Replay, Router, Sessions, StopIntake};
-use crate::session::{AdminDeps, Documents, Policy, Session, SessionDeps};
+use crate::session::{AdminDeps, Documents, Session, SessionDeps};
 use crate::storage::Storage;
 use crate::telegram::outbox::{GlobalLimit, Limits, Outbox};
 use crate::telegram::params::{DeleteWebhookParams, SetMyCommandsParams, SetWebhookParams};
@@ -51,6 +52,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// [`run`], with more routes on the HTTP endpoint (the sandbox's).
 pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Result<()> {
     let started = Instant::now();
+    let live = running_config(config.clone());
     let faults = Faults::parse(&config.fault_panic, &config.fault_hold)
         .context("FAULT_PANIC / FAULT_HOLD")?;
     if fault::install(faults) {
@@ -161,36 +163,24 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         tree.start(root, "pdf", &documents_arbiter.handle(), move |_| jobs)
     };
     let ai_arbiter = Arbiter::new();
-    let (backend, limits) = ai_settings(&config);
+    let (backend, limits) = retune::ai_settings(&config);
     let ai_pool = {
         let workers: Vec<_> = arbiters.iter().map(Arbiter::handle).collect();
         tree.start(root, "ai", &ai_arbiter.handle(), move |_| {
             AiPool::new(backend, limits, workers)
         })
     };
-    let assistant = Assistant::new(ai_pool.clone(), cache.clone(), &config);
+    let assistant = Assistant::new(ai_pool.clone(), cache.clone(), live.subscribe());
     // Filled in once the health checker runs; admin commands before that
     // are told to wait.
     let admin: Arc<OnceLock<AdminDeps>> = Arc::default();
+    let (policy, policy_rx) = watch::channel(Arc::new(retune::policy_of(&config, &username)));
     let deps = Arc::new(SessionDeps {
         storage: storage.clone(),
         telegram: telegram.clone(),
         done: done_marks.clone(),
-        policy: Arc::new(Policy {
-            limits: RateLimits::from_config(&config),
-            bot_username: username,
-            stats_ttl: config.stats_cache_ttl(),
-            user_queue: config.ai_user_queue,
-            history_turns: assistant.history_turns(),
-            max_photos: config.max_photos_per_pdf,
-            notice_ahead: config.queue_notice_ahead,
-        }),
+        policy: policy_rx,
         assistant,
-        pace: Pace {
-            draft: Config::secs(config.draft_interval),
-            edit: Config::secs(config.edit_interval),
-            typing: Config::secs(config.typing_interval),
-        },
         documents: Documents {
             pdf: pdf.clone(),
             images: images.clone(),
@@ -233,12 +223,13 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
     replay(&storage, &router).await?;
 
     let scheduler = tree.start(root, "scheduler", &Arbiter::current(), |_| Scheduler::new());
-    let cleanup = cleanup::schedule(
-        &config,
-        storage.clone(),
-        vec![cache.clone(), image_cache.clone()],
-    );
-    if let Err(err) = scheduler.send(cleanup).await {
+    let cleanup = cleanup::Cleanup {
+        config: live.subscribe(),
+        storage: storage.clone(),
+        caches: vec![cache.clone(), image_cache.clone()],
+    };
+    let schedule = cleanup::schedule(cleanup.clone(), config.cleanup_interval());
+    if let Err(err) = scheduler.send(schedule).await {
         log::warn!("could not schedule the cleanup: {err}");
     }
 
@@ -279,13 +270,31 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         health: health.clone(),
         ai_cache: cache.clone(),
         started,
+        cleanup: cleanup.clone(),
     });
     // The checker probes the others; the endpoints show it too.
     let mut observed = observed;
     observed.actors.push(("health", health.clone().recipient()));
+    actix_rt::spawn(retune::follow(
+        live.subscribe(),
+        retune::Targets {
+            bot_username: username,
+            policy,
+            shards: shards.clone(),
+            global: global.clone(),
+            ai: ai_pool.clone(),
+            ai_cache: cache.clone(),
+            sessions: sessions.clone(),
+            health: health.clone(),
+            scheduler: scheduler.clone(),
+        },
+    ));
+    actix_rt::spawn(reload_on_hangup(live.clone()));
     let ops = http::ops::Ops {
         health: health.clone(),
-        config: Arc::new(config.clone()),
+        live: live.clone(),
+        cleanup,
+        sessions: sessions.clone(),
         stallable: config.debug_endpoints.then(|| journal.clone()),
     };
     let intake_probe = observed.intake.clone();
@@ -503,29 +512,6 @@ async fn open_cache(config: &Config, space: &'static str, ttl: Duration, capacit
     }
 }
 
-fn ai_settings(config: &Config) -> (Backend, PoolLimits) {
-    let backend = Backend {
-        url: config.ai_api_url.clone(),
-        api_key: config.ai_api_key.expose().to_string(),
-        model: config.ai_model.clone(),
-        max_tokens: config.ai_max_tokens,
-        stream: config.ai_stream,
-        timeout: config.http_timeout(),
-        first_token_timeout: Config::secs(config.ai_first_token_timeout),
-        idle_timeout: Config::secs(config.ai_stream_idle_timeout),
-    };
-    let limits = PoolLimits {
-        in_flight: config.ai_semaphore_limit,
-        queue: config.ai_queue_size,
-        per_user: config.ai_per_user_inflight,
-        attempts: config.ai_max_attempts,
-        breaker_failures: config.ai_breaker_failures,
-        breaker_cooldown: Config::secs(config.ai_breaker_cooldown),
-        max_connections: config.ai_semaphore_limit,
-    };
-    (backend, limits)
-}
-
 /// Routes what the inbox holds but was never finished: updates taken
 /// before a crash. They go first, before intake starts.
 async fn replay(storage: &Storage, router: &Addr<Router>) -> anyhow::Result<()> {
@@ -569,6 +555,34 @@ async fn authorize(api: &BotApi) -> anyhow::Result<crate::telegram::client::Me> 
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
+        }
+    }
+}
+
+/// The configuration as loaded, with where each value came from: the same
+/// layers read again from the process's environment. (The sandbox sets a
+/// few fixed settings itself; they keep the values it gave.)
+fn running_config(config: Config) -> Arc<Live> {
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let sources = Config::load_layers(&env, Some(&config.profile), &toml::Table::new())
+        .map(|(_, sources)| sources)
+        .unwrap_or_default();
+    Live::new(env, config, sources)
+}
+
+/// `SIGHUP` re-reads the configuration files, as nginx and PostgreSQL do.
+async fn reload_on_hangup(live: Arc<Live>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        log::warn!(
+            "cannot listen for SIGHUP: the configuration is re-read only through PUT /config"
+        );
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        log::info!("SIGHUP received, re-reading the configuration");
+        if let Err(err) = live.reload(Origin::Signal) {
+            log::error!("configuration not changed (SIGHUP): {err}");
         }
     }
 }

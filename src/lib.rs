@@ -20,6 +20,7 @@ pub mod loadtest;
 pub mod logging;
 pub mod metrics;
 pub mod pdf;
+pub(crate) mod retune;
 pub mod router;
 pub mod sandbox;
 pub mod session;

@@ -60,6 +60,13 @@ impl CircuitBreaker {
         }
     }
 
+    /// New thresholds, from the next failure on; an open breaker stays
+    /// open for the cooldown it was opened with.
+    pub fn retune(&mut self, threshold: u32, cooldown: Duration) {
+        self.threshold = threshold.max(1);
+        self.cooldown = cooldown;
+    }
+
     /// The state at `now`.
     pub fn state(&self, now: Instant) -> BreakerState {
         match self.open_until {

@@ -291,6 +291,9 @@ struct Shared<K, A: Actor> {
 
 struct State<K, A: Actor> {
     entries: HashMap<K, Entry<A>>,
+    /// The configured idle timeout; the cap is `stats.max_children`. Both
+    /// can change while the registry runs ([`KeyedRegistry::set_limits`]).
+    idle_timeout: Duration,
     activity: Activity<K>,
     closed: bool,
     stats: RegistryStats,
@@ -374,6 +377,7 @@ where
                     next_tick: 0,
                 },
                 closed: false,
+                idle_timeout: config.idle_timeout,
                 stats: RegistryStats {
                     max_children: config.max_children,
                     ..RegistryStats::default()
@@ -474,6 +478,42 @@ where
         }
     }
 
+    /// Changes the idle timeout and the cap while the registry runs. Live
+    /// children past a lower cap are retired at once, least recently active
+    /// first, and save their state as on any retirement; answers how many.
+    /// The sweep keeps the period it was started with.
+    pub fn set_limits(&self, idle_timeout: Duration, max_children: usize) -> usize {
+        let mut state = self.shared.lock();
+        state.idle_timeout = idle_timeout;
+        state.stats.max_children = max_children.max(1);
+        let excess = state.stats.live.saturating_sub(state.stats.max_children);
+        self.retire_least_recent(&mut state, excess)
+    }
+
+    /// Retires now the children that have had nothing for `idle_for` and
+    /// hold no message, as the idle sweep does past the timeout; answers
+    /// how many.
+    pub fn retire_idle_for(&self, idle_for: Duration) -> usize {
+        let mut state = self.shared.lock();
+        self.shared.retire_idle(&mut state, idle_for)
+    }
+
+    /// Retires up to `count` live children, least recently active first
+    /// (they save their state as on any retirement); answers how many.
+    pub fn shed(&self, count: usize) -> usize {
+        let mut state = self.shared.lock();
+        self.retire_least_recent(&mut state, count)
+    }
+
+    fn retire_least_recent(&self, state: &mut State<K, A>, count: usize) -> usize {
+        let keys: Vec<K> = state.activity.order.values().take(count).cloned().collect();
+        for key in &keys {
+            state.stats.evicted += 1;
+            self.shared.retire(state, key, RetireReason::Evicted);
+        }
+        keys.len()
+    }
+
     /// Current figures.
     pub fn stats(&self) -> RegistryStats {
         let mut stats = self.shared.lock().stats;
@@ -542,8 +582,8 @@ where
     /// new ones, and memory with them.
     fn no_room_for(&self, state: &State<K, A>, key: &K) -> bool {
         !state.entries.contains_key(key)
-            && state.stats.live >= self.config.max_children
-            && state.stats.retiring >= self.config.max_children
+            && state.stats.live >= state.stats.max_children
+            && state.stats.retiring >= state.stats.max_children
     }
 
     /// The mailbox slots for `key`, starting a child (and making room) if
@@ -566,7 +606,7 @@ where
             Some(entry) => return Arc::clone(&entry.slots),
             None => {}
         }
-        if state.stats.live >= self.config.max_children {
+        if state.stats.live >= state.stats.max_children {
             self.evict_least_recent(state);
         }
         let addr = self.start_child(state, key);
@@ -690,7 +730,7 @@ where
         }
         // Messages arrived while it was saving: a successor starts now, after
         // the save, and gets them in order.
-        if state.stats.live >= self.config.max_children {
+        if state.stats.live >= state.stats.max_children {
             self.evict_least_recent(&mut state);
         }
         let addr = self.start_child(&mut state, key);
@@ -742,9 +782,15 @@ where
     /// messages still in hand is busy, not idle: it is marked active instead.
     fn sweep(self: &Arc<Self>) {
         let mut guard = self.lock();
-        let state = &mut *guard;
+        let timeout = guard.idle_timeout;
+        self.retire_idle(&mut guard, timeout);
+    }
+
+    /// Retires the children that have had nothing for `timeout` and hold
+    /// no message; answers how many.
+    fn retire_idle(self: &Arc<Self>, state: &mut State<K, A>, timeout: Duration) -> usize {
         if state.closed {
-            return;
+            return 0;
         }
         let now = Instant::now();
         let mut idle = Vec::new();
@@ -757,7 +803,7 @@ where
             else {
                 continue;
             };
-            if now.duration_since(*last) < self.config.idle_timeout {
+            if now.duration_since(*last) < timeout {
                 break;
             }
             if slots.available_permits() < self.config.mailbox_capacity {
@@ -776,10 +822,12 @@ where
                 *tick = state.activity.touch(&key, Some(*tick));
             }
         }
+        let retired = idle.len();
         for key in idle {
             state.stats.expired += 1;
             self.retire(state, &key, RetireReason::Idle);
         }
+        retired
     }
 }
 
@@ -1165,6 +1213,35 @@ mod tests {
         );
         let stats = reg.stats();
         assert_eq!((stats.live, stats.spawned), (1, 2));
+    }
+
+    #[actix_rt::test]
+    async fn a_lower_cap_retires_the_least_recent_children_and_they_save() {
+        let (store, mut events) = Store::new();
+        let reg = registry(RegistryConfig::new(HOUR, 10), Vec::new(), &store);
+        for key in 1..=5u32 {
+            reg.route(key, Deliver(key)).await.expect("routed");
+            next_event(&mut events, |e| matches!(e, Event::Handled(..))).await;
+        }
+        assert_eq!(reg.set_limits(HOUR, 3), 2);
+        let mut saved = Vec::new();
+        for _ in 0..2 {
+            if let Event::Persisted(key, seen, reason) =
+                next_event(&mut events, |e| matches!(e, Event::Persisted(..))).await
+            {
+                assert_eq!((seen, reason), (vec![key], RetireReason::Evicted));
+                saved.push(key);
+            }
+        }
+        saved.sort();
+        assert_eq!(saved, [1, 2], "the least recently active go first");
+        let stats = reg.stats();
+        assert_eq!((stats.max_children, stats.evicted), (3, 2));
+        // The new cap holds for what comes next.
+        reg.route(6, Deliver(6)).await.expect("routed");
+        next_event(&mut events, |e| matches!(e, Event::Persisted(3, ..))).await;
+        assert_eq!(reg.shed(1), 1);
+        next_event(&mut events, |e| matches!(e, Event::Persisted(4, ..))).await;
     }
 
     #[actix_rt::test]

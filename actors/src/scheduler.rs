@@ -128,6 +128,8 @@ struct Job {
     last_outcome: Option<Outcome>,
     /// Callers of [`RunNow`] waiting for the current run.
     waiting: Vec<oneshot::Sender<Outcome>>,
+    /// The timer that starts the next run.
+    timer: Option<SpawnHandle>,
 }
 
 /// A job's figures, as shown in the probe's details.
@@ -210,7 +212,7 @@ impl Actor for Scheduler {
             .map(|(name, job)| (name.clone(), job.interval))
             .collect();
         for (name, interval) in jobs {
-            Self::arm(name, interval, interval, ctx);
+            self.arm(name, interval, interval, ctx);
         }
     }
 }
@@ -227,14 +229,62 @@ impl Supervised for Scheduler {
 }
 
 impl Scheduler {
-    /// Runs `name` after `first_after`, then every `interval`.
-    fn arm(name: String, first_after: Duration, interval: Duration, ctx: &mut Context<Self>) {
-        ctx.run_later(first_after, move |act, ctx| {
-            act.start(&name, ctx);
-            ctx.run_interval(interval, move |act, ctx| {
+    /// Runs `name` after `first_after`, then every `interval`; the timer
+    /// is kept with the job, so that [`Reschedule`] can cancel it.
+    fn arm(
+        &mut self,
+        name: String,
+        first_after: Duration,
+        interval: Duration,
+        ctx: &mut Context<Self>,
+    ) {
+        let first = ctx.run_later(first_after, {
+            let name = name.clone();
+            move |act, ctx| {
                 act.start(&name, ctx);
-            });
+                let every = ctx.run_interval(interval, {
+                    let name = name.clone();
+                    move |act, ctx| {
+                        act.start(&name, ctx);
+                    }
+                });
+                if let Some(job) = act.jobs.get_mut(&name) {
+                    job.timer = Some(every);
+                }
+            }
         });
+        if let Some(job) = self.jobs.get_mut(&name) {
+            job.timer = Some(first);
+        }
+    }
+}
+
+/// Changes a job's interval; the next run comes one new interval from now.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), SchedulerError>")]
+pub struct Reschedule {
+    /// The job, as it was scheduled.
+    pub name: String,
+    /// Its new interval.
+    pub interval: Duration,
+}
+
+impl Handler<Reschedule> for Scheduler {
+    type Result = Result<(), SchedulerError>;
+
+    fn handle(&mut self, msg: Reschedule, ctx: &mut Context<Self>) -> Self::Result {
+        let Some(job) = self.jobs.get_mut(&msg.name) else {
+            return Err(SchedulerError::UnknownJob(msg.name));
+        };
+        if job.interval == msg.interval {
+            return Ok(());
+        }
+        if let Some(timer) = job.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        job.interval = msg.interval;
+        self.arm(msg.name, msg.interval, msg.interval, ctx);
+        Ok(())
     }
 }
 
@@ -264,9 +314,10 @@ impl Handler<Schedule> for Scheduler {
                 last_duration: None,
                 last_outcome: None,
                 waiting: Vec::new(),
+                timer: None,
             },
         );
-        Self::arm(name, first_after, interval, ctx);
+        self.arm(name, first_after, interval, ctx);
         Ok(())
     }
 }
@@ -325,6 +376,55 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
     use tokio::sync::mpsc;
+
+    #[actix_rt::test]
+    async fn a_rescheduled_job_runs_at_its_new_interval() {
+        tokio::time::pause();
+        let scheduler = Scheduler::new().start();
+        let (ran, mut runs) = mpsc::unbounded_channel();
+        let job = move || {
+            let ran = ran.clone();
+            async move {
+                let _ = ran.send(Instant::now());
+                Ok::<_, String>(())
+            }
+        };
+        let t0 = Instant::now();
+        scheduler
+            .send(Schedule::every("cleanup", Duration::from_secs(100), job))
+            .await
+            .expect("answers")
+            .expect("scheduled");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        scheduler
+            .send(Reschedule {
+                name: "cleanup".into(),
+                interval: Duration::from_secs(10),
+            })
+            .await
+            .expect("answers")
+            .expect("rescheduled");
+        let mut at = Vec::new();
+        for _ in 0..3 {
+            at.push(
+                runs.recv()
+                    .await
+                    .expect("runs")
+                    .duration_since(t0)
+                    .as_secs(),
+            );
+        }
+        // The old timer (100 s) was cancelled: runs at 15, 25, 35 s.
+        assert_eq!(at, [15, 25, 35]);
+        let unknown = scheduler
+            .send(Reschedule {
+                name: "nothing".into(),
+                interval: Duration::from_secs(1),
+            })
+            .await
+            .expect("answers");
+        assert!(matches!(unknown, Err(SchedulerError::UnknownJob(_))));
+    }
 
     #[actix_rt::test]
     async fn runs_periodically_and_never_overlaps_a_slow_run() {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 use tokio::sync::mpsc::UnboundedSender;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 pub use client::{AiError, Backend, ChatMessage, Progress};
 pub use pool::{AiPool, Ask, PoolLimits};
@@ -33,19 +33,22 @@ pub struct Answered {
 pub struct Assistant {
     pool: Addr<AiPool>,
     cache: Arc<Cache>,
-    model: String,
-    system_prompt: String,
-    history_turns: usize,
+    /// The running configuration: the model, the system prompt and the
+    /// history length are read from it at each question, so that a change
+    /// made while running applies to the next one.
+    config: watch::Receiver<Arc<Config>>,
 }
 
 impl Assistant {
-    pub fn new(pool: Addr<AiPool>, cache: Arc<Cache>, config: &Config) -> Assistant {
+    pub fn new(
+        pool: Addr<AiPool>,
+        cache: Arc<Cache>,
+        config: watch::Receiver<Arc<Config>>,
+    ) -> Assistant {
         Assistant {
             pool,
             cache,
-            model: config.ai_model.clone(),
-            system_prompt: config.ai_system_prompt.clone(),
-            history_turns: config.ai_history_turns,
+            config,
         }
     }
 
@@ -59,7 +62,7 @@ impl Assistant {
 
     /// How many earlier exchanges go with a question.
     pub fn history_turns(&self) -> usize {
-        self.history_turns
+        self.config.borrow().ai_history_turns
     }
 
     /// The messages for a question: the system prompt, the recent
@@ -69,7 +72,8 @@ impl Assistant {
         history: impl IntoIterator<Item = &'a (String, String)>,
         question: &str,
     ) -> Vec<ChatMessage> {
-        let mut messages = vec![ChatMessage::new("system", &self.system_prompt)];
+        let prompt = self.config.borrow().ai_system_prompt.clone();
+        let mut messages = vec![ChatMessage::new("system", &prompt)];
         for (asked, answered) in history {
             messages.push(ChatMessage::new("user", asked));
             messages.push(ChatMessage::new("assistant", answered));
@@ -79,7 +83,8 @@ impl Assistant {
     }
 
     fn cache_key(&self, messages: &[ChatMessage]) -> String {
-        let parts = std::iter::once(self.model.as_str()).chain(
+        let model = self.config.borrow().ai_model.clone();
+        let parts = std::iter::once(model.as_str()).chain(
             messages
                 .iter()
                 .flat_map(|m| [m.role.as_str(), m.content.as_str()]),

@@ -487,6 +487,32 @@ impl Handler<Ask> for AiPool {
     }
 }
 
+/// New settings for the pool, from the running configuration: they apply
+/// from the next request on; requests queued or in flight are kept (a
+/// smaller limit lets fewer start, it stops none).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retune {
+    pub backend: Backend,
+    pub limits: PoolLimits,
+}
+
+impl Handler<Retune> for AiPool {
+    type Result = ();
+
+    fn handle(&mut self, Retune { backend, limits }: Retune, ctx: &mut Self::Context) {
+        self.breaker()
+            .retune(limits.breaker_failures, limits.breaker_cooldown);
+        // The client's connection pool keeps the size it was built with.
+        self.limits = PoolLimits {
+            max_connections: self.limits.max_connections,
+            ..limits
+        };
+        self.backend = backend;
+        self.next(ctx);
+    }
+}
+
 impl Handler<Probe> for AiPool {
     type Result = MessageResult<Probe>;
 

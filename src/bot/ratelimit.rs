@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::bucket::Bucket;
 use crate::config::Config;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimits {
     pub per_hour: u32,
     pub flood_messages: u32,

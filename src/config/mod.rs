@@ -16,6 +16,7 @@
 //! clients of the AI backend (reqwest's own reading) and of the Bot API
 //! ([`crate::telegram::proxy`]).
 
+pub mod live;
 mod secret;
 
 use std::collections::HashMap;
@@ -39,6 +40,19 @@ const EMBEDDED_PROFILES: &[(&str, &str)] = &[
 /// The bounds of a setting in seconds or per second.
 const MIN_SETTING: f64 = 0.001;
 const MAX_SETTING: f64 = 1e9;
+
+/// Where a setting's value came from, lowest layer first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Default,
+    Profile,
+    Environment,
+    Runtime,
+}
+
+/// Each setting's source, by key.
+pub type Sources = std::collections::BTreeMap<String, Source>;
 
 /// The profile used when `APP_PROFILE` is not set.
 pub const DEFAULT_PROFILE: &str = "production";
@@ -194,15 +208,26 @@ impl Config {
 
     /// Loads the configuration from the given environment (tests pass their own).
     pub fn load(env: &HashMap<String, String>) -> Result<Config, ConfigError> {
-        let profile = env
-            .get("APP_PROFILE")
-            .filter(|p| !p.is_empty())
-            .cloned()
+        Config::load_layers(env, None, &toml::Table::new()).map(|(config, _)| config)
+    }
+
+    /// Loads the layers: the default file, the profile (`profile`, else
+    /// `APP_PROFILE`), the environment, then `runtime` (values set while
+    /// running, typed as their defaults); answers where each value came from.
+    pub fn load_layers(
+        env: &HashMap<String, String>,
+        profile: Option<&str>,
+        runtime: &toml::Table,
+    ) -> Result<(Config, Sources), ConfigError> {
+        let profile = profile
+            .map(String::from)
+            .or_else(|| env.get("APP_PROFILE").filter(|p| !p.is_empty()).cloned())
             .unwrap_or_else(|| DEFAULT_PROFILE.to_string());
         let dir = PathBuf::from(env.get("CONFIG_DIR").map_or("config", |d| d.as_str()));
         let (default_text, profile_text) = read_files(&dir, &profile)?;
 
         let mut table = parse_table(&default_text, "default.toml")?;
+        let mut sources: Sources = table.keys().map(|k| (k.clone(), Source::Default)).collect();
         let profile_table = parse_table(&profile_text, &format!("{profile}.toml"))?;
         for (key, value) in profile_table {
             if !table.contains_key(&key) {
@@ -211,23 +236,37 @@ impl Config {
                     key,
                 });
             }
-            table.insert(key, value);
+            table.insert(key.clone(), value);
+            sources.insert(key, Source::Profile);
         }
 
-        let mut from_env = HashMap::new();
+        let mut names = HashMap::new();
         let keys: Vec<String> = table.keys().cloned().collect();
         for key in keys {
             let var = key.to_uppercase();
             if let Some(raw) = env.get(&var) {
                 let typed = env_value(&var, raw, &table[&key])?;
                 table.insert(key.clone(), typed);
-                from_env.insert(key, var);
+                sources.insert(key.clone(), Source::Environment);
+                names.insert(key, var);
             }
+        }
+        for (key, value) in runtime {
+            let Some(default) = table.get(key) else {
+                return Err(ConfigError::UnknownKey {
+                    origin: "the runtime settings".into(),
+                    key: key.clone(),
+                });
+            };
+            let typed = runtime_value(key, value, default)?;
+            table.insert(key.clone(), typed);
+            sources.insert(key.clone(), Source::Runtime);
+            names.insert(key.clone(), key.to_uppercase());
         }
 
         let mut config: Config = serde_path_to_error::deserialize(table).map_err(|err| {
             let key = err.path().to_string();
-            let name = match from_env.get(&key) {
+            let name = match names.get(&key) {
                 Some(var) => var.clone(),
                 None => format!("{key} (in {profile}.toml or default.toml)"),
             };
@@ -238,7 +277,27 @@ impl Config {
         })?;
         config.profile = profile;
         config.validate()?;
-        Ok(config)
+        Ok((config, sources))
+    }
+
+    /// The profiles there are, by name.
+    pub fn profiles() -> impl Iterator<Item = &'static str> {
+        EMBEDDED_PROFILES.iter().map(|(name, _)| *name)
+    }
+
+    /// The keys a profile file sets, as the daemon would read it now.
+    pub fn profile_table(
+        env: &HashMap<String, String>,
+        profile: &str,
+    ) -> Result<toml::Table, ConfigError> {
+        let dir = PathBuf::from(env.get("CONFIG_DIR").map_or("config", |d| d.as_str()));
+        let (_, text) = read_files(&dir, profile)?;
+        parse_table(&text, &format!("{profile}.toml"))
+    }
+
+    /// Every setting as a TOML table, secrets redacted.
+    pub fn to_table(&self) -> toml::Table {
+        toml::Table::try_from(self).unwrap_or_default()
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -494,6 +553,25 @@ fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
             origin: origin.to_string(),
             message: err.message().to_string(),
         })
+}
+
+/// Types a value set at run time (JSON, turned TOML) as the default it
+/// overrides: an integer where a number is expected is taken, a string
+/// where a number is expected is parsed as the environment's would be.
+fn runtime_value(
+    key: &str,
+    value: &toml::Value,
+    default: &toml::Value,
+) -> Result<toml::Value, ConfigError> {
+    let var = key.to_uppercase();
+    match (default, value) {
+        (toml::Value::Float(_), toml::Value::Integer(n)) => Ok(toml::Value::Float(*n as f64)),
+        (_, toml::Value::String(raw)) if !matches!(default, toml::Value::String(_)) => {
+            env_value(&var, raw, default)
+        }
+        (d, v) if std::mem::discriminant(d) == std::mem::discriminant(v) => Ok(v.clone()),
+        (_, v) => env_value(&var, &v.to_string(), default),
+    }
 }
 
 /// Parses an environment variable by the type of the default it overrides.

@@ -79,6 +79,11 @@ pub struct AlertBook {
 const RESOLVED_KEPT: usize = 20;
 
 impl AlertBook {
+    /// How long an alert stays quiet after it was announced, from now on.
+    pub fn set_quiet_period(&mut self, quiet_period: Duration) {
+        self.quiet_period = quiet_period;
+    }
+
     pub fn new(quiet_period: Duration) -> AlertBook {
         AlertBook {
             quiet_period,

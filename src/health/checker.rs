@@ -60,6 +60,33 @@ pub struct Thresholds {
     pub rss_mb: u64,
 }
 
+impl Thresholds {
+    pub fn of(config: &Config) -> Thresholds {
+        Thresholds {
+            errors_per_minute: config.alert_errors_per_minute,
+            p95_latency_ms: config.alert_p95_latency_ms,
+            queue_depth: config.alert_queue_depth,
+            rss_mb: config.alert_rss_mb,
+        }
+    }
+}
+
+/// New alert thresholds and quiet period, from the running configuration:
+/// the next round judges by them.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Retune(pub Arc<Config>);
+
+impl Handler<Retune> for HealthChecker {
+    type Result = ();
+
+    fn handle(&mut self, Retune(config): Retune, _: &mut Self::Context) {
+        self.thresholds = Thresholds::of(&config);
+        self.book
+            .set_quiet_period(Config::secs(config.alert_quiet_period));
+    }
+}
+
 /// Where the remote dependencies are.
 #[derive(Clone)]
 pub struct Remotes {
@@ -104,12 +131,7 @@ impl HealthChecker {
             telegram,
             remotes,
             admins: config.admin_ids.clone(),
-            thresholds: Thresholds {
-                errors_per_minute: config.alert_errors_per_minute,
-                p95_latency_ms: config.alert_p95_latency_ms,
-                queue_depth: config.alert_queue_depth,
-                rss_mb: config.alert_rss_mb,
-            },
+            thresholds: Thresholds::of(config),
             interval,
             remote_interval: Config::secs(config.dependency_check_interval),
             last_remote_check: None,

@@ -8,11 +8,14 @@
 //! - `GET /actors`: the supervision tree with each actor's probe figures;
 //!   the per-user actors appear as one node with their count and totals.
 //! - `GET /metrics`: Prometheus text.
-//! - `GET /ready`, `/performance/*`, `/config`, `/dashboard`: see [`ops`].
+//! - `GET /ready`, `/performance/*`, `/dashboard`: see [`ops`].
+//! - `GET`/`PUT /config`, `/config/profiles`, `POST /config/profile/{name}`,
+//!   `POST /cleanup`: see [`config`].
 //!
 //! With `ADMIN_HTTP_TOKEN` set, every endpoint but `/health` and `/ready`
 //! requires it as a bearer token.
 
+pub mod config;
 pub mod dead_letters;
 pub mod ops;
 
@@ -207,7 +210,18 @@ pub fn server(
                 "/performance/history",
                 web::get().to(ops::history),
             ))
-            .service(endpoint("/config", web::get().to(ops::config)))
+            .service(
+                endpoint("/config", web::get().to(config::show)).route(web::put().to(config::set)),
+            )
+            .service(endpoint(
+                "/config/profiles",
+                web::get().to(config::profiles),
+            ))
+            .service(endpoint(
+                "/config/profile/{name}",
+                web::post().to(config::use_profile),
+            ))
+            .service(endpoint("/cleanup", web::post().to(config::cleanup)))
             .service(endpoint("/dashboard", web::get().to(ops::dashboard)))
             .service(endpoint("/dead-letters", web::get().to(dead_letters::list)))
             .service(endpoint(

@@ -13,15 +13,22 @@ use actorbot_actors::probe::Health;
 use serde_json::json;
 
 use super::Observed;
+use crate::cleanup::Cleanup;
+use crate::config::live::Live;
 use crate::config::{Config, Secret};
 use crate::health::{GetHistory, GetStatus, HealthChecker};
 use crate::journal::{Journal, Stall};
+use crate::router::Sessions;
 
 /// What these endpoints read from, besides [`Observed`].
 #[derive(Clone)]
 pub struct Ops {
     pub health: Addr<HealthChecker>,
-    pub config: Arc<Config>,
+    /// The running configuration, changed by the endpoints in
+    /// [`super::config`].
+    pub live: Arc<Live>,
+    pub cleanup: Cleanup,
+    pub sessions: Sessions,
     /// Present when `DEBUG_ENDPOINTS` is on.
     pub stallable: Option<Addr<Journal>>,
 }
@@ -140,16 +147,11 @@ pub async fn performance_metrics(ops: web::Data<Ops>) -> HttpResponse {
 pub async fn history(ops: web::Data<Ops>) -> HttpResponse {
     match ops.health.send(GetHistory).await {
         Ok(samples) => HttpResponse::Ok().json(json!({
-            "interval_s": ops.config.health_interval,
+            "interval_s": ops.live.current().health_interval,
             "samples": samples,
         })),
         Err(err) => unavailable(err),
     }
-}
-
-/// The effective configuration; secrets appear as `<redacted>`.
-pub async fn config(ops: web::Data<Ops>) -> HttpResponse {
-    HttpResponse::Ok().json(&*ops.config)
 }
 
 pub async fn dashboard() -> HttpResponse {

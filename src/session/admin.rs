@@ -1,5 +1,6 @@
-//! The admin commands (/health, /performance, /admin_stats): answered from
-//! the health checker and the storage. [`super::state`] lets only admins
+//! The admin commands (/health, /performance, /admin_stats,
+//! /admin_cleanup): answered from the health checker, the storage and the
+//! cleanup. [`super::state`] lets only admins
 //! reach them; before the health checker runs they are told to try again.
 
 use actix::prelude::*;
@@ -19,8 +20,12 @@ impl Session {
         let Some(admin) = self.deps.admin.get() else {
             return self.reply(update, "admin", commands::TRY_AGAIN, ctx);
         };
-        let (checker, cache, started) =
-            (admin.health.clone(), admin.ai_cache.clone(), admin.started);
+        let (checker, cache, started, cleanup) = (
+            admin.health.clone(),
+            admin.ai_cache.clone(),
+            admin.started,
+            admin.cleanup.clone(),
+        );
         let storage = self.deps.storage.clone();
         let name = name.to_string();
         let update = update.clone();
@@ -36,6 +41,13 @@ impl Session {
                         _ => commands::TRY_AGAIN.to_string(),
                     }
                 }
+                "admin_cleanup" => match cleanup.run().await {
+                    Ok(freed) => {
+                        log::info!("cleanup (/admin_cleanup): {freed}");
+                        format!("Cleanup done: {freed}.")
+                    }
+                    Err(err) => format!("The cleanup failed: {err:#}"),
+                },
                 _ => health::admin_stats_text(&storage, &cache, started.elapsed().as_secs()).await,
             }
         };

@@ -107,6 +107,7 @@ impl Session {
         self.cancel = Some(cancel);
         self.chat.answering(draft_id);
         let (chat_id, epoch, me) = (self.chat_id, self.chat.conversation.epoch, ctx.address());
+        let pace = self.chat.policy.pace;
         deps.done.reply_posted();
         actix_rt::spawn(async move {
             let (progress, shown_progress) = tokio::sync::mpsc::unbounded_channel();
@@ -118,7 +119,7 @@ impl Session {
                 chat_id,
                 private,
                 draft_id,
-                deps.pace,
+                pace,
                 shown_progress,
             );
             let (result, shown) = tokio::join!(asked, shown);

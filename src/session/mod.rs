@@ -36,12 +36,13 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actorbot_actors::registry::{Persist, Retire, RetireReason};
 use frankenstein::updates::UpdateContent;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::ai::Assistant;
-use crate::ai::reply::Pace;
+
 use crate::bot::commands;
 use crate::cache::Cache;
+use crate::cleanup::Cleanup;
 use crate::health::HealthChecker;
 use crate::images::ImagePool;
 use crate::journal::DoneMarks;
@@ -62,10 +63,10 @@ pub struct SessionDeps {
     pub telegram: Telegram,
     pub done: DoneMarks,
     pub assistant: Assistant,
-    pub pace: Pace,
     pub documents: Documents,
-    /// What decides, shared by every session.
-    pub policy: Arc<Policy>,
+    /// What decides, shared by every session: the latest, as the running
+    /// configuration has it; each session takes it up at its next update.
+    pub policy: watch::Receiver<Arc<Policy>>,
     /// Users whose jobs go first and who may run admin commands.
     pub admins: Vec<i64>,
     /// Set once the health checker runs.
@@ -77,6 +78,7 @@ pub struct AdminDeps {
     pub health: Addr<HealthChecker>,
     pub ai_cache: Arc<Cache>,
     pub started: Instant,
+    pub cleanup: Cleanup,
 }
 
 /// The PDF side of a session: where photos and jobs go.
@@ -122,7 +124,8 @@ pub struct Session {
 impl Session {
     pub fn new(chat_id: i64, deps: Arc<SessionDeps>) -> Session {
         let admin = deps.admins.contains(&chat_id);
-        let chat = Chat::new(chat_id, deps.policy.clone(), admin, Instant::now());
+        let policy = deps.policy.borrow().clone();
+        let chat = Chat::new(chat_id, policy, admin, Instant::now());
         Session {
             chat_id,
             deps,
@@ -376,10 +379,11 @@ impl Session {
                 return self.done(update.update_id);
             }
         };
+        let now = Instant::now();
+        let policy = self.deps.policy.borrow().clone();
+        self.chat.retune(policy, now);
         let effects = match &parsed {
-            UpdateContent::Message(message) => {
-                self.chat.on_message(&update, message, Instant::now())
-            }
+            UpdateContent::Message(message) => self.chat.on_message(&update, message, now),
             UpdateContent::StoppedMessageGeneration(stop) => self.chat.stop(stop.draft_id),
             _ => {
                 log::debug!(

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use frankenstein::types::{ChatType, Message as TgMessage};
 use serde::{Deserialize, Serialize};
 
+use crate::ai::reply::Pace;
 use crate::bot::commands;
 use crate::bot::ratelimit::{RateLimits, UserLimiter, Verdict, refusal_text};
 use crate::images::PhotoRef;
@@ -52,6 +53,8 @@ pub struct Policy {
     pub max_photos: usize,
     /// Jobs ahead of a new one from which its user is told the position.
     pub notice_ahead: usize,
+    /// How fast a streamed answer is shown.
+    pub pace: Pace,
 }
 
 /// How the PDF jobs actor answered a submission.
@@ -161,6 +164,19 @@ impl Chat {
         }
     }
 
+    /// Takes a new policy (the configuration changed while running) from
+    /// the next decision on. The limiter starts afresh if its limits
+    /// changed: a user is never held back by a limit no longer in force.
+    pub fn retune(&mut self, policy: Arc<Policy>, now: Instant) {
+        if Arc::ptr_eq(&self.policy, &policy) {
+            return;
+        }
+        if self.policy.limits != policy.limits {
+            self.limiter = UserLimiter::new(&policy.limits, now);
+        }
+        self.policy = policy;
+    }
+
     fn changed(&mut self, effects: &mut Vec<Effect>) {
         self.dirty = true;
         effects.push(Effect::Changed);
@@ -247,7 +263,7 @@ impl Chat {
                 effects.push(Effect::ClearHistory);
                 commands::RESET_TEXT.to_string()
             }
-            name @ ("health" | "performance" | "admin_stats") => {
+            name @ ("health" | "performance" | "admin_stats" | "admin_cleanup") => {
                 // Anyone else gets the unknown-command reply.
                 if self.admin {
                     effects.push(Effect::Admin(name.to_string()));
@@ -487,6 +503,11 @@ mod tests {
             history_turns: 3,
             max_photos: 2,
             notice_ahead: 1,
+            pace: Pace {
+                draft: Duration::from_millis(100),
+                edit: Duration::from_millis(300),
+                typing: Duration::from_secs(4),
+            },
         }
     }
 
@@ -627,6 +648,41 @@ mod tests {
         assert!(replied(&quiet).is_none());
         let after = text(&mut chat, 102, "/help", now + window);
         assert_eq!(replied(&after).unwrap().0, "command");
+    }
+
+    #[test]
+    fn a_policy_changed_while_running_applies_to_the_next_message() {
+        let policy = policy();
+        let burst = policy.limits.flood_messages;
+        let (mut chat, now) = chat(policy.clone());
+        for id in 0..i64::from(burst) {
+            text(&mut chat, id, "/help", now);
+        }
+        assert!(text(&mut chat, 50, "/help", now).contains(&Effect::Skipped("rate_limited")));
+        // A higher anti-flood limit: the limiter starts afresh under it.
+        let looser = Policy {
+            limits: RateLimits {
+                flood_messages: burst * 4,
+                ..policy.limits
+            },
+            ..policy.clone()
+        };
+        chat.retune(Arc::new(looser), now);
+        for id in 60..60 + i64::from(burst) * 2 {
+            let effects = text(&mut chat, id, "/help", now);
+            assert_eq!(replied(&effects).unwrap().0, "command", "message {id}");
+        }
+        // The same limits again keep the limiter's count.
+        let same = Arc::new(Policy {
+            user_queue: 9,
+            ..(*chat.policy).clone()
+        });
+        chat.retune(same, now);
+        assert_eq!(chat.policy.user_queue, 9);
+        for id in 100..100 + i64::from(burst) * 2 {
+            text(&mut chat, id, "/help", now);
+        }
+        assert!(text(&mut chat, 200, "/help", now).contains(&Effect::Skipped("rate_limited")));
     }
 
     #[test]

@@ -60,6 +60,20 @@ impl<J: Counted> Lanes<J> {
         }
     }
 
+    /// New per-chat rates from `now` on, for the lanes there are and those
+    /// to come.
+    pub fn set_rates(&mut self, rates: LaneRates, now: Instant) {
+        self.rates = rates;
+        for (chat_id, lane) in &mut self.lanes {
+            if *chat_id > 0 {
+                lane.bucket
+                    .retune(rates.private_rate, rates.private_burst, now);
+            } else {
+                lane.bucket.retune(rates.group_rate, rates.group_burst, now);
+            }
+        }
+    }
+
     /// Requests waiting in every lane (not those in flight).
     pub fn queued(&self) -> usize {
         self.queued

@@ -205,6 +205,15 @@ impl Limits {
         }
     }
 
+    fn lane_rates(&self) -> LaneRates {
+        LaneRates {
+            private_rate: self.private_rate,
+            private_burst: self.private_burst,
+            group_rate: self.group_rate,
+            group_burst: self.group_burst,
+        }
+    }
+
     pub fn from_config(config: &Config) -> Limits {
         Limits {
             global_rate: config.telegram_global_rate,
@@ -337,6 +346,13 @@ impl GlobalLimit {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A new global rate from now on.
+    pub fn retune(&self, limits: &Limits) {
+        self.lock()
+            .bucket
+            .retune(limits.global_rate, limits.global_burst, Instant::now());
+    }
+
     /// Until when every send waits, if a global pause is on.
     fn paused_until(&self, now: Instant) -> Option<Instant> {
         let mut state = self.lock();
@@ -420,12 +436,7 @@ impl Outbox {
             endpoint,
             api: None,
             global,
-            lanes: Lanes::new(LaneRates {
-                private_rate: limits.private_rate,
-                private_burst: limits.private_burst,
-                group_rate: limits.group_rate,
-                group_burst: limits.group_burst,
-            }),
+            lanes: Lanes::new(limits.lane_rates()),
             limits,
             wake_at: None,
             stats: OutboxStats::default(),
@@ -734,6 +745,27 @@ impl Handler<GetStats> for Outbox {
             queued: self.lanes.queued(),
             ..self.stats.clone()
         }
+    }
+}
+
+/// New flood limits for a shard (its share, as [`Limits::per_shard`]
+/// gives), from the running configuration: they apply from the next send
+/// on. Capacity and connections keep the sizes the shard started with.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetLimits(pub Limits);
+
+impl Handler<SetLimits> for Outbox {
+    type Result = ();
+
+    fn handle(&mut self, SetLimits(limits): SetLimits, ctx: &mut Self::Context) {
+        self.lanes.set_rates(limits.lane_rates(), Instant::now());
+        self.limits = Limits {
+            capacity: self.limits.capacity,
+            max_in_flight: self.limits.max_in_flight,
+            ..limits
+        };
+        self.pump(ctx);
     }
 }
 
