@@ -516,9 +516,14 @@ fn parse_response<R: DeserializeOwned>(
         Err(err) => return Err(decode_error(err.to_string())),
     };
     if parsed.ok {
-        return parsed
-            .result
-            .ok_or_else(|| decode_error("\"ok\":true without a result".to_string()));
+        return match parsed.result {
+            Some(result) => Ok(result),
+            // `"result": null` (or none): what a caller reading an `Option`
+            // takes as `None`, as editMessageText's answer from emulators
+            // such as telegram-test-api; anything else needs a result.
+            None => serde_json::from_value(serde_json::Value::Null)
+                .map_err(|_| decode_error("\"ok\":true without a result".to_string())),
+        };
     }
     let parameters = parsed.parameters.unwrap_or(ResponseParameters {
         migrate_to_chat_id: None,
@@ -559,6 +564,33 @@ mod tests {
         assert!(err.is_transient(), "{err}");
         let err = parse_response::<bool>("getMe", StatusCode::OK, b"{not json").unwrap_err();
         assert!(matches!(err, TelegramError::Decode { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_null_result_is_none_where_none_is_expected() {
+        let ok = StatusCode::OK;
+        let edit = |body: &[u8]| {
+            parse_response::<Option<SentOrBool>>("editMessageText", ok, body)
+                .map(|r| format!("{r:?}"))
+        };
+        // telegram-test-api answers every edit so.
+        assert_eq!(edit(br#"{"ok":true,"result":null}"#).unwrap(), "None");
+        assert_eq!(edit(br#"{"ok":true}"#).unwrap(), "None");
+        assert_eq!(
+            edit(br#"{"ok":true,"result":{"message_id":5,"date":0}}"#).unwrap(),
+            "Some(Sent(Sent { message_id: 5 }))"
+        );
+        assert_eq!(
+            edit(br#"{"ok":true,"result":true}"#).unwrap(),
+            "Some(Bool(true))"
+        );
+        // Where a value is needed, a null one is still malformed.
+        for body in [&br#"{"ok":true,"result":null}"#[..], br#"{"ok":true}"#] {
+            let err = parse_response::<Sent>("sendMessage", ok, body).unwrap_err();
+            assert!(matches!(err, TelegramError::Decode { .. }), "{err}");
+            let err = parse_response::<bool>("sendChatAction", ok, body).unwrap_err();
+            assert!(matches!(err, TelegramError::Decode { .. }), "{err}");
+        }
     }
 
     #[test]
