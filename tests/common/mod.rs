@@ -250,6 +250,31 @@ impl TestApp {
 
     /// A request with an optional bearer token: status and body.
     pub async fn request(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+        self.send(method, path, token, None).await
+    }
+
+    /// A request with a JSON body and an optional bearer token: status and
+    /// the answer as JSON.
+    pub async fn send_json(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let (status, text) = self.send(method, path, token, Some(body)).await;
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{path} answered {status} with no JSON ({e}): {text}"));
+        (status, json)
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, String) {
         let client = awc::Client::builder()
             .timeout(Duration::from_secs(10))
             .finish();
@@ -258,10 +283,11 @@ impl TestApp {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        let mut response = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let sent = match body {
+            Some(body) => request.send_json(&body).await,
+            None => request.send().await,
+        };
+        let mut response = sent.unwrap_or_else(|e| panic!("{path}: {e}"));
         let body = response.body().limit(16 << 20).await.expect("a body");
         (
             response.status().as_u16(),

@@ -1,0 +1,317 @@
+//! The configuration changed while the daemon runs: `PUT /config`, SIGHUP,
+//! profiles, refusals, and the cleanup on demand.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use actorbot_testkit::openai::{FakeAi, FakeAiConfig};
+use common::{TestApp, TestAppBuilder};
+use serde_json::json;
+
+const TOKEN: &str = "live-admin-token";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn fake_ai() -> FakeAi {
+    FakeAi::start(FakeAiConfig::default()).expect("the fake AI starts")
+}
+
+fn with_admin(ai: &FakeAi) -> TestAppBuilder {
+    common::unthrottled(TestApp::builder())
+        .env("ADMIN_HTTP_TOKEN", TOKEN)
+        .env("AI_API_URL", ai.api_url())
+}
+
+/// Users `first..first+count` each send `/start`; answers their ids.
+fn crowd(app: &TestApp, first: i64, count: i64) -> Vec<i64> {
+    let users: Vec<i64> = (first..first + count).collect();
+    for user in &users {
+        app.tg.inject_text(*user, "/start");
+    }
+    users
+}
+
+/// Every user of `users` answered exactly once.
+async fn each_answered_once(app: &TestApp, users: &[i64]) {
+    app.tg
+        .wait_until(WAIT, |s| {
+            users.iter().all(|u| !s.messages_to(*u).is_empty())
+        })
+        .await
+        .expect("every user answered");
+    let mut counts: HashMap<i64, usize> = HashMap::new();
+    for message in app.tg.all_messages() {
+        *counts.entry(message.chat_id).or_default() += 1;
+    }
+    for user in users {
+        assert_eq!(counts[user], 1, "user {user}");
+    }
+}
+
+/// GETs a JSON endpoint with the admin token.
+async fn get(app: &TestApp, path: &str) -> serde_json::Value {
+    let (status, body) = app.request("GET", path, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// How many of `user`'s replies say they are sending too fast.
+fn told_too_fast(app: &TestApp, user: i64) -> usize {
+    app.tg
+        .messages_to(user)
+        .iter()
+        .filter(|m| m.text.contains("too fast"))
+        .count()
+}
+
+#[actix_rt::test]
+async fn put_config_changes_a_rate_limit_and_the_model_under_load_losing_nothing() {
+    let ai = fake_ai();
+    let app = with_admin(&ai).start().await;
+    let before = crowd(&app, 10_000, 100);
+    let (status, body) = app
+        .send_json(
+            "PUT",
+            "/config",
+            Some(TOKEN),
+            json!({"ANTI_FLOOD_MESSAGES": 2, "anti_flood_window": 60, "ai_model": "model-b"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let changed: Vec<&str> = body["changed"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|c| c["key"].as_str())
+        .collect();
+    assert_eq!(
+        changed,
+        ["ai_model", "anti_flood_messages", "anti_flood_window"]
+    );
+    let after = crowd(&app, 20_000, 100);
+    each_answered_once(&app, &[before, after].concat()).await;
+
+    // The new anti-flood limit: the third message in a minute is refused.
+    let user = 30_001;
+    for n in 0..3 {
+        app.tg.inject_text(user, &format!("/help {n}"));
+    }
+    app.tg
+        .wait_until(WAIT, |s| s.messages_to(user).len() == 3)
+        .await
+        .expect("three replies");
+    assert_eq!(told_too_fast(&app, user), 1);
+    // The new model for the next question.
+    app.tg.inject_text(30_002, "Which model are you?");
+    app.tg
+        .wait_for_messages(30_002, 1, WAIT)
+        .await
+        .expect("answered");
+    let requests = ai.requests();
+    assert_eq!(requests.last().map(|r| r.model.as_str()), Some("model-b"));
+
+    let config = get(&app, "/config").await;
+    assert_eq!(config["anti_flood_messages"], 2);
+    assert_eq!(config["sources"]["anti_flood_messages"], "runtime");
+    assert_eq!(config["sources"]["admin_http_token"], "environment");
+    assert_eq!(config["sources"]["cleanup_interval"], "default");
+    app.wait_for_log("configuration changed by PUT /config: AI_MODEL", WAIT)
+        .await;
+}
+
+#[actix_rt::test]
+async fn a_bad_value_or_a_fixed_setting_changes_nothing() {
+    let ai = fake_ai();
+    let app = with_admin(&ai).start().await;
+    let before = get(&app, "/config").await;
+    let (status, body) = app
+        .send_json(
+            "PUT",
+            "/config",
+            Some(TOKEN),
+            json!({"rate_limit_per_user": 5, "anti_flood_window": "soon"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let error = body["error"].as_str().expect("one line");
+    assert!(error.contains("ANTI_FLOOD_WINDOW"), "{error}");
+    let (status, body) = app
+        .send_json(
+            "PUT",
+            "/config",
+            Some(TOKEN),
+            json!({"rate_limit_per_user": 5, "http_addr": "0.0.0.0:9"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["error"],
+        "HTTP_ADDR cannot change while the daemon runs: set it and restart"
+    );
+    let after = get(&app, "/config").await;
+    assert_eq!(before, after, "a refused change changed something");
+    // And without the token, nothing is even considered.
+    let (status, _) = app
+        .send_json("PUT", "/config", None, json!({"rate_limit_per_user": 5}))
+        .await;
+    assert_eq!(status, 401);
+}
+
+#[actix_rt::test]
+async fn without_an_admin_token_changes_are_refused_with_how_to_enable_them() {
+    let app = common::unthrottled(TestApp::builder()).start().await;
+    for (method, path) in [
+        ("PUT", "/config"),
+        ("POST", "/config/profile/development"),
+        ("POST", "/cleanup"),
+    ] {
+        let (status, body) = app.send_json(method, path, None, json!({})).await;
+        assert_eq!(status, 403, "{method} {path}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("ADMIN_HTTP_TOKEN"),
+            "{body}"
+        );
+    }
+    let (status, _) = app.get("/config/profiles").await;
+    assert_eq!(status, 200);
+}
+
+/// A copy of the configuration files the test may edit.
+fn config_copy() -> PathBuf {
+    let dir = common::unique_dir("config");
+    std::fs::create_dir_all(&dir).expect("config dir");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    for entry in std::fs::read_dir(source).expect("config files") {
+        let path = entry.expect("an entry").path();
+        std::fs::copy(&path, dir.join(path.file_name().expect("a name"))).expect("copied");
+    }
+    dir
+}
+
+#[actix_rt::test]
+async fn sighup_rereads_the_files_and_a_fixed_setting_waits_for_a_restart() {
+    let ai = fake_ai();
+    let config = config_copy();
+    let app = with_admin(&ai)
+        .env("CONFIG_DIR", config.display())
+        .start()
+        .await;
+    let prompt = "You answer in one word, from the re-read file.";
+    let profile = config.join("testing.toml");
+    let mut text = std::fs::read_to_string(&profile).expect("testing.toml");
+    text.push_str(&format!(
+        "\nai_system_prompt = \"{prompt}\"\nsupervisor_exit_grace = 7.0\n"
+    ));
+    std::fs::write(&profile, text).expect("written");
+    let users = crowd(&app, 40_000, 50);
+    app.signal("HUP");
+    app.wait_for_log("configuration changed by SIGHUP: AI_SYSTEM_PROMPT", WAIT)
+        .await;
+    app.wait_for_log(
+        "SUPERVISOR_EXIT_GRACE changed but take effect only after a restart",
+        WAIT,
+    )
+    .await;
+    app.tg.inject_text(41_000, "Hello?");
+    app.tg
+        .wait_for_messages(41_000, 1, WAIT)
+        .await
+        .expect("answered");
+    let last = ai.requests().pop().expect("a request");
+    assert_eq!(last.messages[0], ("system".into(), prompt.into()));
+    each_answered_once(&app, &users).await;
+    let config = get(&app, "/config").await;
+    assert_ne!(config["supervisor_exit_grace"], 7.0);
+    assert_eq!(config["sources"]["ai_system_prompt"], "profile");
+}
+
+#[actix_rt::test]
+async fn a_profile_applies_on_top_and_the_environment_still_wins() {
+    let ai = fake_ai();
+    let app = with_admin(&ai).env("LOG_LEVEL", "warn").start().await;
+    let profiles = get(&app, "/config/profiles").await;
+    assert_eq!(profiles["current"], "testing");
+    let names: Vec<&str> = profiles["profiles"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(names.contains(&"high-load"), "{names:?}");
+    let (status, body) = app
+        .send_json(
+            "POST",
+            "/config/profile/development",
+            Some(TOKEN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let config = get(&app, "/config").await;
+    assert_eq!(config["profile"], "development");
+    assert_eq!(
+        config["log_level"], "warn",
+        "the environment lost to the profile"
+    );
+    assert!(
+        body["needs_restart"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .any(|k| k == "db_pool_max_size"),
+        "{body}"
+    );
+    let (status, body) = app
+        .send_json("POST", "/config/profile/nonsense", Some(TOKEN), json!({}))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unknown profile"),
+        "{body}"
+    );
+}
+
+#[actix_rt::test]
+async fn post_cleanup_frees_what_it_reports() {
+    let ai = fake_ai();
+    let app = with_admin(&ai)
+        .env("INBOX_RETENTION", 0.001)
+        .env("TEMP_FILE_MAX_AGE", 0.001)
+        .env("USER_STATE_TIMEOUT", 3600)
+        .start()
+        .await;
+    let users = crowd(&app, 50_000, 5);
+    each_answered_once(&app, &users).await;
+    let temp = app.data_dir.join("tmp");
+    std::fs::create_dir_all(&temp).expect("temp dir");
+    for n in 0..3 {
+        std::fs::write(temp.join(format!("left-{n}.tmp")), vec![0u8; 1000]).expect("a file");
+    }
+    let (status, freed) = app
+        .send_json("POST", "/cleanup", Some(TOKEN), json!({}))
+        .await;
+    assert_eq!(status, 200, "{freed}");
+    assert_eq!(freed["files"], 3);
+    assert_eq!(freed["bytes"], 3000);
+    assert_eq!(std::fs::read_dir(&temp).expect("temp dir").count(), 0);
+    // Each user's row is marked done a moment after its reply: the rows
+    // reported over the runs add up to the five, none counted twice.
+    let mut rows = freed["inbox_rows"].as_u64().unwrap_or(0);
+    let deadline = std::time::Instant::now() + WAIT;
+    while rows < users.len() as u64 && std::time::Instant::now() < deadline {
+        let (_, again) = app
+            .send_json("POST", "/cleanup", Some(TOKEN), json!({}))
+            .await;
+        assert_eq!(again["files"], 0, "a file was freed twice");
+        rows += again["inbox_rows"].as_u64().unwrap_or(0);
+    }
+    assert_eq!(rows, users.len() as u64);
+}
