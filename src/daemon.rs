@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actorbot_actors::fault::{self, Faults};
 use actorbot_actors::registry::{KeyedRegistry, RegistryConfig};
-use actorbot_actors::scheduler::Scheduler;
+use actorbot_actors::scheduler::{Schedule, Scheduler};
 use actorbot_actors::supervisor::{GiveUp, Intensity, Strategy, Tree};
 use anyhow::{Context as _, bail};
 use tokio::sync::watch;
@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::config::live::{Live, Origin};
 use crate::health::HealthChecker;
 use crate::health::checker::Remotes;
+use crate::health::summary::Summary;
 use crate::http;
 use crate::images::ImagePool;
 use crate::intake::polling::{Poller, StopPolling};
@@ -229,6 +230,21 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         caches: vec![cache.clone(), image_cache.clone()],
     };
     let schedule = cleanup::schedule(cleanup.clone(), config.cleanup_interval());
+    if config.summary_interval > 0.0 {
+        let summary = Arc::new(std::sync::Mutex::new(Summary::new()));
+        let job = Schedule::every(
+            "summary",
+            Config::secs(config.summary_interval),
+            move || {
+                let line = summary.lock().unwrap_or_else(|e| e.into_inner()).take();
+                log::info!("{line}");
+                std::future::ready(Ok::<_, String>(()))
+            },
+        );
+        if let Err(err) = scheduler.send(job).await {
+            log::warn!("could not schedule the performance summary: {err}");
+        }
+    }
     if let Err(err) = scheduler.send(schedule).await {
         log::warn!("could not schedule the cleanup: {err}");
     }

@@ -428,3 +428,46 @@ async fn the_dashboard_draws_its_charts_in_a_headless_browser() {
     );
     eprintln!("dashboard screenshot: {}", shot.display());
 }
+
+/// The replies counted by the performance summaries in `log`, added up.
+fn replies_in_summaries(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|line| line.split_once("performance over the last "))
+        .filter_map(|(_, rest)| rest.split_once(" updates, "))
+        .filter_map(|(_, rest)| rest.split_once(" replies")?.0.parse::<u64>().ok())
+        .sum()
+}
+
+#[actix_rt::test]
+async fn the_performance_summary_counts_what_happened() {
+    let app = TestApp::builder()
+        .env("SUMMARY_INTERVAL", 0.3)
+        .start()
+        .await;
+    let users = [95_001, 95_002, 95_003];
+    for user in users {
+        app.tg.inject_text(user, "/start");
+    }
+    for user in users {
+        app.tg
+            .wait_for_messages(user, 1, WAIT)
+            .await
+            .expect("answered");
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while replies_in_summaries(&app.log()) < users.len() as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the summaries never counted the replies: {}",
+            app.log()
+        );
+        app.wait_for_log_count(
+            "performance over the last",
+            app.log().matches("performance over the last").count() + 1,
+            WAIT,
+        )
+        .await;
+    }
+    assert_eq!(replies_in_summaries(&app.log()), users.len() as u64);
+    assert!(app.log().contains("Telegram 429s 0"), "{}", app.log());
+}

@@ -181,6 +181,7 @@ pub struct Config {
     pub user_arbiters: usize,
     pub stats_cache_ttl: f64,
     pub cleanup_interval: f64,
+    pub summary_interval: f64,
     pub inbox_retention: f64,
     pub temp_file_max_age: f64,
 
@@ -365,6 +366,15 @@ impl Config {
                     "expected a positive number from 0.001 to 1000000000",
                 ));
             }
+        }
+        let summary = self.summary_interval;
+        if summary != 0.0
+            && !(summary.is_finite() && (MIN_SETTING..=MAX_SETTING).contains(&summary))
+        {
+            return Err(invalid(
+                "summary_interval",
+                "expected 0 (off) or a number of seconds from 0.001 to 1000000000",
+            ));
         }
         for (name, value) in [
             ("telegram_max_connections", self.telegram_max_connections),

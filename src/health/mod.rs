@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod checker;
 pub mod sample;
+pub mod summary;
 
 use std::fmt::Write as _;
 use std::sync::Arc;

@@ -146,7 +146,10 @@ fn labels_of(metric: &prometheus::proto::Metric) -> BTreeMap<String, String> {
 }
 
 /// The sum of a counter family's values whose labels pass `keep`.
-fn counter_sum(collector: &dyn Collector, keep: impl Fn(&BTreeMap<String, String>) -> bool) -> f64 {
+pub(crate) fn counter_sum(
+    collector: &dyn Collector,
+    keep: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> f64 {
     collector
         .collect()
         .iter()
