@@ -244,6 +244,18 @@ impl Cache {
         expired.len()
     }
 
+    /// Drops the older half of the local entries (least recently used
+    /// first), under memory pressure; answers how many went. Redis keeps
+    /// its own.
+    pub fn shrink(&self) -> usize {
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        let drop = local.len().div_ceil(2);
+        for _ in 0..drop {
+            local.pop_lru();
+        }
+        drop
+    }
+
     pub fn stats(&self) -> CacheStats {
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),

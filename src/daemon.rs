@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::config::live::{Live, Origin};
 use crate::health::HealthChecker;
 use crate::health::checker::Remotes;
+use crate::health::memory::{MemoryGauge, MemoryGuard};
 use crate::health::summary::Summary;
 use crate::http;
 use crate::images::ImagePool;
@@ -150,17 +151,24 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
     );
     // Images and PDFs share an event loop; their CPU work runs on the
     // pools' own threads.
+    let memory = MemoryGauge::default();
     let documents_arbiter = Arbiter::new();
     let images = {
-        let build = ImagePool::builder(&config, image_cache.clone())
+        let build = ImagePool::builder(&config, image_cache.clone(), memory.clone())
             .context("cannot start the image workers")?;
         tree.start(root, "images", &documents_arbiter.handle(), move |_| {
             build()
         })
     };
     let pdf = {
-        let jobs = PdfJobs::new(&config, storage.clone(), telegram.clone(), images.clone())
-            .context("cannot start the PDF workers")?;
+        let jobs = PdfJobs::new(
+            &config,
+            storage.clone(),
+            telegram.clone(),
+            images.clone(),
+            memory.clone(),
+        )
+        .context("cannot start the PDF workers")?;
         tree.start(root, "pdf", &documents_arbiter.handle(), move |_| jobs)
     };
     let ai_arbiter = Arbiter::new();
@@ -224,6 +232,15 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
     replay(&storage, &router).await?;
 
     let scheduler = tree.start(root, "scheduler", &Arbiter::current(), |_| Scheduler::new());
+    let guard = {
+        let guard = MemoryGuard::new(
+            live.subscribe(),
+            memory.clone(),
+            sessions.clone(),
+            vec![cache.clone(), image_cache.clone()],
+        );
+        tree.start(root, "memory", &Arbiter::current(), move |_| guard)
+    };
     let cleanup = cleanup::Cleanup {
         config: live.subscribe(),
         storage: storage.clone(),
@@ -258,6 +275,7 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
             ("pdf", pdf.clone().recipient()),
             ("images", images.clone().recipient()),
             ("scheduler", scheduler.clone().recipient()),
+            ("memory", guard.clone().recipient()),
         ],
         intake: Default::default(),
         sessions: sessions.clone(),
@@ -268,6 +286,7 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
             .webhook_enabled()
             .then(|| Arc::new(std::sync::atomic::AtomicBool::new(false))),
         tree: tree.clone(),
+        memory: memory.clone(),
     };
     let health = {
         let checker = HealthChecker::new(
@@ -364,9 +383,10 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         }
         let poller = {
             let (endpoint, sink) = (endpoint.clone(), router.clone().recipient());
+            let memory = memory.clone();
             let (timeout, limit) = (config.polling_timeout, config.polling_limit);
             tree.start(root, "intake", &Arbiter::current(), move |_| {
-                Poller::new(endpoint, sink, timeout, limit)
+                Poller::new(endpoint, sink, timeout, limit, memory)
             })
         };
         if let Ok(mut intake) = intake_probe.lock() {

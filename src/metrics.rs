@@ -231,6 +231,28 @@ pub static AI_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// What the memory limit shed, by what (`sessions`, `cache_entries`).
+pub static MEMORY_SHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new("memory_shed_total", "What the memory limit shed"),
+            &["what"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Polls intake held back because memory was at `MEMORY_LIMIT_MB`.
+pub static INTAKE_HELD_MEMORY: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "intake_held_for_memory_total",
+            "Times intake waited because memory was at the limit",
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// Photos handled by the image pool, by outcome (`processed`, `cached`,
 /// `refused`, `failed`).
 pub static IMAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {

@@ -73,6 +73,7 @@ pub const TUNABLE: &[&str] = &[
     "alert_queue_depth",
     "alert_rss_mb",
     "alert_quiet_period",
+    "memory_limit_mb",
     // Cleanup.
     "cleanup_interval",
     "inbox_retention",

@@ -171,6 +171,7 @@ pub struct Config {
     pub alert_p95_latency_ms: f64,
     pub alert_queue_depth: u64,
     pub alert_rss_mb: u64,
+    pub memory_limit_mb: u64,
     pub alert_quiet_period: f64,
     pub admin_http_token: Secret,
     pub debug_endpoints: bool,

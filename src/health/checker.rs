@@ -16,6 +16,7 @@ use actorbot_actors::probe::{Health, Probe, ProbeReport};
 use serde::Serialize;
 
 use super::alerts::{Alert, AlertBook, Notice, Observation};
+use super::memory::Pressure;
 use super::sample::{Reading, Sample};
 use crate::cache::Cache;
 use crate::config::Config;
@@ -82,6 +83,7 @@ impl Handler<Retune> for HealthChecker {
 
     fn handle(&mut self, Retune(config): Retune, _: &mut Self::Context) {
         self.thresholds = Thresholds::of(&config);
+        self.memory_limit_mb = config.memory_limit_mb;
         self.book
             .set_quiet_period(Config::secs(config.alert_quiet_period));
     }
@@ -101,6 +103,7 @@ pub struct HealthChecker {
     remotes: Remotes,
     admins: Vec<i64>,
     thresholds: Thresholds,
+    memory_limit_mb: u64,
     interval: Duration,
     remote_interval: Duration,
     last_remote_check: Option<Instant>,
@@ -132,6 +135,7 @@ impl HealthChecker {
             remotes,
             admins: config.admin_ids.clone(),
             thresholds: Thresholds::of(config),
+            memory_limit_mb: config.memory_limit_mb,
             interval,
             remote_interval: Config::secs(config.dependency_check_interval),
             last_remote_check: None,
@@ -323,6 +327,25 @@ impl HealthChecker {
                 message: format!("resident memory {rss_mb} MB, over {} MB", t.rss_mb),
             },
         ];
+        let limit = self.memory_limit_mb;
+        if limit > 0 {
+            let pressure = self.observed.memory.pressure();
+            observations.push(Observation {
+                rule: "memory_limit".into(),
+                value: self.observed.memory.rss_mb().round(),
+                threshold: limit as f64,
+                breached: pressure >= Pressure::Soft,
+                message: format!(
+                    "resident memory {:.0} MB near MEMORY_LIMIT_MB={limit}: {}",
+                    self.observed.memory.rss_mb(),
+                    if pressure == Pressure::Hard {
+                        "intake holds"
+                    } else {
+                        "shedding sessions and caches"
+                    }
+                ),
+            });
+        }
         for (name, dependency) in &self.dependencies {
             // Degraded counts: a Redis away leaves the bot answering from
             // the in-process cache, but someone should bring it back.

@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod checker;
+pub mod memory;
 pub mod sample;
 pub mod summary;
 

@@ -30,6 +30,7 @@ use serde_json::json;
 
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::health::memory::MemoryGauge;
 use crate::intake::Incoming;
 use crate::intake::webhook::{self, WebhookState};
 use crate::metrics;
@@ -65,6 +66,8 @@ pub struct Observed {
     pub webhook: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// The supervision tree the actors run in.
     pub tree: Tree,
+    /// Memory against `MEMORY_LIMIT_MB`.
+    pub memory: MemoryGauge,
 }
 
 impl Observed {
@@ -188,6 +191,7 @@ pub fn server(
             web::Data::new(WebhookState {
                 sink,
                 secret: config.webhook_secret.clone(),
+                memory: observed.memory.clone(),
             }),
         )
     });

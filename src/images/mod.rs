@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::health::memory::MemoryGauge;
 use crate::metrics;
 use crate::telegram::{BotApi, Endpoint, TelegramError};
 use process::{ImageError, ImageLimits, ProcessedImage};
@@ -99,6 +100,8 @@ pub struct ImagePool {
     limits: ImageLimits,
     temp_dir: PathBuf,
     processed: Arc<AtomicU64>,
+    /// Past the memory limit's soft mark new photos are refused "busy".
+    memory: MemoryGauge,
 }
 
 impl ImagePool {
@@ -107,6 +110,7 @@ impl ImagePool {
     pub fn builder(
         config: &Config,
         cache: Arc<Cache>,
+        memory: MemoryGauge,
     ) -> std::io::Result<impl FnOnce() -> ImagePool + Send + 'static> {
         let pool = WorkerPool::new(PoolConfig {
             name: "images".into(),
@@ -128,6 +132,7 @@ impl ImagePool {
             limits,
             temp_dir,
             processed: Arc::default(),
+            memory,
         })
     }
 }
@@ -160,12 +165,17 @@ impl Handler<Prepare> for ImagePool {
         let limits = self.limits.clone();
         let temp_dir = self.temp_dir.clone();
         let processed = self.processed.clone();
+        let memory = self.memory.clone();
         Box::pin(async move {
             let photo = msg.photo;
             let key = cache_key(&photo, &limits);
             if let Some(prepared) = cache.get(&key).await.and_then(|b| decode_cached(&b)) {
                 metrics::IMAGES.with_label_values(&["cached"]).inc();
                 return Ok(Arc::new(prepared));
+            }
+            if memory.refuses_jobs() {
+                metrics::IMAGES.with_label_values(&["busy"]).inc();
+                return Err(PhotoError::Busy);
             }
             let result =
                 fetch_and_process(&api, &pool, &photo, msg.priority, &limits, &temp_dir).await;

@@ -28,6 +28,7 @@ use actorbot_actors::fault;
 use actorbot_actors::probe::{Health, Probe, ProbeReport};
 
 use super::{HandoffError, Incoming, allowed_updates};
+use crate::health::memory::{MemoryGauge, Pressure};
 use crate::telegram::params::GetUpdatesParams;
 use crate::telegram::update::RawUpdate;
 use crate::telegram::{BotApi, Endpoint, TelegramError};
@@ -36,6 +37,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The pause after an answer with nothing new from a server that did not
 /// wait for updates.
 const EMPTY_PAUSE: Duration = Duration::from_millis(250);
+
+/// How often intake looks again while memory is at the limit, and its
+/// pause between batches past the soft mark.
+const MEMORY_PAUSE: Duration = Duration::from_millis(100);
+
+/// The most updates one getUpdates takes past the soft mark.
+const MEMORY_BATCH: u32 = 10;
 
 /// Stops polling: the current long poll is abandoned (its updates were not
 /// confirmed and will come again), a batch being handed off finishes, and the
@@ -66,10 +74,20 @@ pub struct Poller {
     stopping: Vec<oneshot::Sender<()>>,
     /// When the getUpdates under way went out.
     polled_at: Instant,
+    /// At the memory limit no update is taken ([`crate::health::memory`]).
+    memory: MemoryGauge,
+    /// Past the soft mark: the pause before this batch was taken.
+    paced: bool,
 }
 
 impl Poller {
-    pub fn new(endpoint: Endpoint, sink: Recipient<Incoming>, timeout: u32, limit: u32) -> Poller {
+    pub fn new(
+        endpoint: Endpoint,
+        sink: Recipient<Incoming>,
+        timeout: u32,
+        limit: u32,
+        memory: MemoryGauge,
+    ) -> Poller {
         Poller {
             endpoint,
             api: None,
@@ -83,6 +101,8 @@ impl Poller {
             current: None,
             stopping: Vec::new(),
             polled_at: Instant::now(),
+            memory,
+            paced: false,
         }
     }
 
@@ -97,7 +117,28 @@ impl Poller {
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
         let Some(api) = self.api.clone() else { return };
-        let params = self.params(self.timeout, self.limit);
+        let limit = match self.memory.refresh() {
+            Pressure::Normal => self.limit,
+            // Shedding: small batches, so that what is taken meanwhile
+            // stays small.
+            Pressure::Soft if !self.paced => {
+                self.paced = true;
+                self.stage = Stage::Waiting;
+                self.current = Some(ctx.run_later(MEMORY_PAUSE, |act, ctx| act.poll(ctx)));
+                return;
+            }
+            Pressure::Soft => self.limit.min(MEMORY_BATCH),
+            Pressure::Hard => {
+                // Nothing is taken, and so nothing confirmed: Telegram keeps
+                // the updates until memory is back under the soft mark.
+                crate::metrics::INTAKE_HELD_MEMORY.inc();
+                self.stage = Stage::Waiting;
+                self.current = Some(ctx.run_later(MEMORY_PAUSE, |act, ctx| act.poll(ctx)));
+                return;
+            }
+        };
+        self.paced = false;
+        let params = self.params(self.timeout, limit);
         self.stage = Stage::Polling;
         self.polled_at = Instant::now();
         let fut = async move { api.get_updates(&params).await }

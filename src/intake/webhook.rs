@@ -10,6 +10,7 @@
 //! A body that is not an update is logged and acknowledged: Telegram would
 //! only send the same bytes again.
 
+use crate::health::memory::MemoryGauge;
 use actix::Recipient;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
@@ -25,6 +26,9 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub struct WebhookState {
     pub sink: Recipient<Incoming>,
     pub secret: Secret,
+    /// At the memory limit deliveries are turned away for Telegram to
+    /// retry ([`crate::health::memory`]).
+    pub memory: MemoryGauge,
 }
 
 /// Why a body was not read.
@@ -72,6 +76,13 @@ pub async fn receive(
                 .map_or_else(|| "unknown".to_string(), |a| a.to_string())
         );
         return HttpResponse::Unauthorized().finish();
+    }
+    if state.memory.holds_intake() {
+        crate::metrics::INTAKE_HELD_MEMORY.inc();
+        // Telegram delivers it again later; nothing is lost.
+        return HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .finish();
     }
     let body = match read_body(&request, payload).await {
         Ok(body) => body,

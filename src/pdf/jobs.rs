@@ -33,6 +33,7 @@ use super::report::{
 };
 use crate::bot::commands;
 use crate::config::Config;
+use crate::health::memory::MemoryGauge;
 use crate::images::{ImagePool, PhotoRef, Prepare};
 use crate::metrics;
 use crate::storage::{JobRow, NewJob, Storage, StorageError, job_status};
@@ -152,6 +153,8 @@ struct Shared {
     telegram: Telegram,
     images: Addr<ImagePool>,
     pool: WorkerPool,
+    /// Past the memory limit's soft mark new jobs are refused "busy".
+    memory: MemoryGauge,
     limits: ReportLimits,
     action_every: Duration,
 }
@@ -168,6 +171,7 @@ impl PdfJobs {
         storage: Storage,
         telegram: Telegram,
         images: Addr<ImagePool>,
+        memory: MemoryGauge,
     ) -> std::io::Result<PdfJobs> {
         let pool = WorkerPool::new(PoolConfig {
             name: "pdf".into(),
@@ -185,6 +189,7 @@ impl PdfJobs {
                 telegram,
                 images,
                 pool,
+                memory,
                 limits: ReportLimits {
                     max_pages: config.max_report_pages,
                 },
@@ -249,7 +254,7 @@ impl Handler<SubmitJob> for PdfJobs {
         fault::hit("pdf");
         // Refuse before writing anything when the queue is already full.
         let stats = self.shared.pool.stats();
-        if stats.queued >= stats.capacity {
+        if stats.queued >= stats.capacity || self.shared.memory.refuses_jobs() {
             metrics::DOCUMENT_JOBS
                 .with_label_values(&[msg.spec.kind(), "busy"])
                 .inc();

@@ -1,0 +1,259 @@
+//! The memory limit (`MEMORY_LIMIT_MB`): a watch on the process's resident
+//! memory that sheds load before the limit and holds intake at it.
+//!
+//! Above the soft mark (90 % of the limit) the guard sheds, in order, every
+//! quarter second while it stays there: it retires the least recently
+//! active tenth of the sessions (they save their state first), halves the
+//! in-process caches, and the image and PDF pools answer new jobs "busy".
+//! Intake reads the figure itself before each batch: past the soft mark it
+//! takes small batches with a pause between them, and at the limit it stops
+//! taking updates (their offsets stay unconfirmed, so Telegram keeps them)
+//! until memory is back under the soft mark. The health checker alerts the admins meanwhile, and `/health`
+//! says "degraded" with the figure.
+//!
+//! The decision is [`judge`], plain code; the actor only reads the figure
+//! and carries the decision out.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+use actorbot_actors::probe::{Health, Probe, Vitals};
+use actorbot_actors::process::Process;
+use tokio::sync::watch;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::router::Sessions;
+
+/// How often the figure is read.
+const EVERY: Duration = Duration::from_millis(250);
+
+/// The soft mark, as a share of the limit.
+const SOFT: f64 = 0.9;
+
+/// Where memory stands against the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Pressure {
+    /// Under the soft mark, or no limit.
+    Normal = 0,
+    /// Past the soft mark: shed.
+    Soft = 1,
+    /// At the limit, or not yet back under the soft mark since: intake
+    /// holds too.
+    Hard = 2,
+}
+
+/// The pressure at `rss_mb` against `limit_mb` (0: no limit), given the
+/// pressure before: once at the limit, intake holds until memory is back
+/// under the soft mark, not just under the limit.
+pub fn judge(rss_mb: f64, limit_mb: u64, before: Pressure) -> Pressure {
+    if limit_mb == 0 {
+        return Pressure::Normal;
+    }
+    let limit = limit_mb as f64;
+    let soft = SOFT * limit;
+    if rss_mb >= limit || (before == Pressure::Hard && rss_mb >= soft) {
+        Pressure::Hard
+    } else if rss_mb >= soft {
+        Pressure::Soft
+    } else {
+        Pressure::Normal
+    }
+}
+
+/// The pressure, shared with those who act on it (intake, the pools).
+#[derive(Clone, Default)]
+pub struct MemoryGauge {
+    level: Arc<AtomicU8>,
+    /// Resident memory at the last reading, in bytes.
+    rss: Arc<AtomicU64>,
+    /// `MEMORY_LIMIT_MB` as the guard last read it; 0 for none.
+    limit_mb: Arc<AtomicU64>,
+}
+
+impl MemoryGauge {
+    /// Reads the resident memory now and judges it (a read of
+    /// `/proc/self/statm`): intake calls this before each batch, so that it
+    /// stops within one batch of the limit rather than within the guard's
+    /// period.
+    pub fn refresh(&self) -> Pressure {
+        let limit = self.limit_mb.load(Ordering::Relaxed);
+        if limit == 0 {
+            return Pressure::Normal;
+        }
+        let rss = Process::Current.rss_bytes();
+        let now = judge(rss as f64 / (1024.0 * 1024.0), limit, self.pressure());
+        self.set(now, rss);
+        now
+    }
+
+    fn set_limit(&self, limit_mb: u64) {
+        self.limit_mb.store(limit_mb, Ordering::Relaxed);
+    }
+
+    pub fn pressure(&self) -> Pressure {
+        match self.level.load(Ordering::Relaxed) {
+            0 => Pressure::Normal,
+            1 => Pressure::Soft,
+            _ => Pressure::Hard,
+        }
+    }
+
+    fn set(&self, pressure: Pressure, rss: u64) {
+        self.level.store(pressure as u8, Ordering::Relaxed);
+        self.rss.store(rss, Ordering::Relaxed);
+    }
+
+    /// Resident memory at the last reading, in MiB.
+    pub fn rss_mb(&self) -> f64 {
+        self.rss.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
+    }
+
+    /// Whether new image and PDF jobs are to be refused.
+    pub fn refuses_jobs(&self) -> bool {
+        self.pressure() >= Pressure::Soft
+    }
+
+    /// Whether intake must hold.
+    pub fn holds_intake(&self) -> bool {
+        self.pressure() == Pressure::Hard
+    }
+}
+
+/// What the guard sheds.
+pub struct MemoryGuard {
+    config: watch::Receiver<Arc<Config>>,
+    gauge: MemoryGauge,
+    sessions: Sessions,
+    caches: Vec<Arc<Cache>>,
+    shed_sessions: u64,
+    shed_entries: u64,
+    /// The pressure last logged.
+    logged: Pressure,
+    vitals: Vitals,
+}
+
+impl MemoryGuard {
+    pub fn new(
+        config: watch::Receiver<Arc<Config>>,
+        gauge: MemoryGauge,
+        sessions: Sessions,
+        caches: Vec<Arc<Cache>>,
+    ) -> MemoryGuard {
+        MemoryGuard {
+            config,
+            gauge,
+            sessions,
+            caches,
+            shed_sessions: 0,
+            shed_entries: 0,
+            logged: Pressure::Normal,
+            vitals: Vitals::new(0),
+        }
+    }
+
+    fn check(&mut self) {
+        let limit = self.config.borrow().memory_limit_mb;
+        self.gauge.set_limit(limit);
+        let before = self.logged;
+        let now = if limit == 0 {
+            // No limit: the figure is still shown.
+            self.gauge
+                .set(Pressure::Normal, Process::Current.rss_bytes());
+            Pressure::Normal
+        } else {
+            self.gauge.refresh()
+        };
+        let rss = self.gauge.rss.load(Ordering::Relaxed);
+        self.logged = now;
+        if now != before {
+            let mb = rss / (1024 * 1024);
+            match now {
+                Pressure::Hard => log::warn!(
+                    "memory {mb} MB reached MEMORY_LIMIT_MB={limit}: intake holds until it is under {:.0} MB",
+                    SOFT * limit as f64
+                ),
+                Pressure::Soft => log::warn!(
+                    "memory {mb} MB is past {:.0} % of MEMORY_LIMIT_MB={limit}: shedding sessions and caches, refusing new photo and PDF jobs",
+                    SOFT * 100.0
+                ),
+                Pressure::Normal => log::info!("memory {mb} MB is back under the soft mark"),
+            }
+        }
+        if now >= Pressure::Soft {
+            let live = self.sessions.stats().live;
+            let retired = self.sessions.shed(live.div_ceil(10));
+            let dropped: usize = self.caches.iter().map(|c| c.shrink()).sum();
+            self.shed_sessions += retired as u64;
+            self.shed_entries += dropped as u64;
+            crate::metrics::MEMORY_SHED
+                .with_label_values(&["sessions"])
+                .inc_by(retired as u64);
+            crate::metrics::MEMORY_SHED
+                .with_label_values(&["cache_entries"])
+                .inc_by(dropped as u64);
+        }
+        self.vitals.active();
+    }
+}
+
+impl Actor for MemoryGuard {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.check();
+        ctx.run_interval(EVERY, |this, _| this.check());
+    }
+}
+
+impl Supervised for MemoryGuard {}
+
+impl Handler<Probe> for MemoryGuard {
+    type Result = MessageResult<Probe>;
+
+    fn handle(&mut self, _: Probe, _: &mut Self::Context) -> Self::Result {
+        let limit = self.config.borrow().memory_limit_mb;
+        let mb = self.gauge.rss_mb();
+        let health = match self.gauge.pressure() {
+            Pressure::Normal => Health::Healthy,
+            Pressure::Soft => Health::Degraded(format!(
+                "memory {mb:.0} MB past {:.0} % of MEMORY_LIMIT_MB={limit}: shedding",
+                SOFT * 100.0
+            )),
+            Pressure::Hard => Health::Degraded(format!(
+                "memory {mb:.0} MB at MEMORY_LIMIT_MB={limit}: intake holds"
+            )),
+        };
+        let mut report = self.vitals.report("memory", health);
+        report.mailbox = None;
+        MessageResult(
+            report
+                .detail("limit_mb", limit)
+                .detail("rss_mb", mb.round())
+                .detail("sessions_shed", self.shed_sessions)
+                .detail("cache_entries_shed", self.shed_entries),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_the_soft_mark_sheds_at_the_limit_holds_until_back_under_it() {
+        use Pressure::*;
+        let limit = 100;
+        assert_eq!(judge(50.0, limit, Normal), Normal);
+        assert_eq!(judge(91.0, limit, Normal), Soft);
+        assert_eq!(judge(100.0, limit, Soft), Hard);
+        // Back under the limit but not the soft mark: still holding.
+        assert_eq!(judge(95.0, limit, Hard), Hard);
+        assert_eq!(judge(89.0, limit, Hard), Normal);
+        // From the soft side the same figure is only shedding.
+        assert_eq!(judge(95.0, limit, Soft), Soft);
+        assert_eq!(judge(10_000.0, 0, Hard), Normal, "no limit");
+    }
+}
