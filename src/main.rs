@@ -229,6 +229,11 @@ fn main() -> ExitCode {
                 config.http_addr,
                 config.data_dir.display()
             );
+            println!(
+                "actorbot sandbox: the emulator's control API is at http://{}{} (for tools: actorbot loadtest --emulator URL)",
+                config.http_addr,
+                actorbot::sandbox::EMULATOR_PATH
+            );
             let routes = sandbox.routes();
             serve(config, Some(routes))
         }
