@@ -33,7 +33,8 @@ enum Command {
     /// AI_API_URL is set).
     Sandbox,
     /// The operator's stress test: simulated users against this binary run
-    /// as a daemon, pointed at the built-in emulator and AI stand-in.
+    /// as a daemon, pointed at the built-in emulator and AI stand-in; or,
+    /// with --emulator, against a running emulator and its daemon.
     Loadtest {
         /// Simulated users.
         #[arg(long, default_value_t = 100)]
@@ -62,16 +63,29 @@ enum Command {
         drain: f64,
         /// Let the emulator enforce Telegram's flood limits (off: the
         /// daemon is measured, not Telegram's 30 messages a second).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "emulator")]
         flood_limits: bool,
         /// The AI stand-in's milliseconds to the first word, and between words.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 500, conflicts_with = "emulator")]
         ai_latency_ms: u64,
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, conflicts_with = "emulator")]
         ai_word_delay_ms: u64,
         /// More environment for the daemon, KEY=VALUE (repeatable).
-        #[arg(long = "env", value_name = "KEY=VALUE")]
+        #[arg(long = "env", value_name = "KEY=VALUE", conflicts_with = "emulator")]
         env: Vec<String>,
+        /// Start nothing: drive the running emulator at URL (its control
+        /// API, e.g. http://HTTP_ADDR/sandbox/emulator of `actorbot
+        /// sandbox`), which a running daemon polls.
+        #[arg(long, value_name = "URL")]
+        emulator: Option<String>,
+        /// With --emulator: the daemon's pid, for its memory and CPU
+        /// (without it they are not measured).
+        #[arg(long, requires = "emulator")]
+        pid: Option<u32>,
+        /// With --emulator: the daemon's HTTP endpoint, whose /metrics
+        /// the hints read.
+        #[arg(long, value_name = "URL", requires = "emulator")]
+        daemon_url: Option<String>,
         /// No live line while it runs.
         #[arg(long)]
         quiet: bool,
@@ -229,6 +243,11 @@ fn main() -> ExitCode {
                 config.http_addr,
                 config.data_dir.display()
             );
+            println!(
+                "actorbot sandbox: the emulator's control API is at http://{}{} (for tools: actorbot loadtest --emulator URL)",
+                config.http_addr,
+                actorbot::sandbox::EMULATOR_PATH
+            );
             let routes = sandbox.routes();
             serve(config, Some(routes))
         }
@@ -246,6 +265,9 @@ fn main() -> ExitCode {
             ai_word_delay_ms,
             env,
             quiet,
+            emulator,
+            pid,
+            daemon_url,
         } => {
             let parsed = (|| -> Result<actorbot::loadtest::Options, String> {
                 let secs = |name: &str, v: f64| {
@@ -270,6 +292,9 @@ fn main() -> ExitCode {
                     ai_latency: std::time::Duration::from_millis(ai_latency_ms),
                     ai_word_delay: std::time::Duration::from_millis(ai_word_delay_ms),
                     quiet,
+                    emulator,
+                    pid,
+                    daemon_url,
                 })
             })();
             let options = match parsed {

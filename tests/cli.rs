@@ -151,6 +151,113 @@ fn loadtest_reports_as_json_and_its_slo_sets_the_exit_status() {
     assert!(String::from_utf8_lossy(&impossible.stdout).contains("SLO missed: p95"));
 }
 
+/// A GET's status over plain HTTP/1.0, or `None` while nothing answers.
+fn status_of(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Kills the child when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn loadtest_drives_the_sandbox_through_its_emulator_url() {
+    let dir = std::env::temp_dir().join(format!("actorbot-cli-remote-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let log = dir.join("sandbox.log");
+    let sandbox = std::process::Command::new(env!("CARGO_BIN_EXE_actorbot"))
+        .arg("sandbox")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("APP_PROFILE", "testing")
+        .env("CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+        .env("HTTP_ADDR", addr.to_string())
+        .env("DATA_DIR", dir.join("data"))
+        // Simulated users are quicker than people.
+        .env("RATE_LIMIT_PER_USER", "1000000")
+        .env("ANTI_FLOOD_MESSAGES", "1000000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("the sandbox starts");
+    let _sandbox = Killed(sandbox);
+    let log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while status_of(addr, "/ready") != Some(200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox was not ready: {}",
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let output = dir.join("report.json");
+    let url = format!("http://{addr}/sandbox/emulator");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_actorbot"))
+        .args([
+            "loadtest",
+            "--emulator",
+            &url,
+            "--users",
+            "20",
+            "--duration",
+            "3",
+        ])
+        .args([
+            "--ramp", "0.5", "--think", "0.5", "--quiet", "--drain", "30",
+        ])
+        .args(["--output", output.to_str().unwrap()])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("APP_PROFILE", "testing")
+        .env("CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+        .output()
+        .expect("the loadtest runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        log()
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&output).expect("the report")).expect("JSON");
+    assert_eq!(report["users"], 20, "{report}");
+    assert!(report["interactions"].as_u64().unwrap() >= 20, "{report}");
+    assert!(
+        report["replies_per_interaction"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert_eq!(report["lost"], 0, "{report}\n{}", log());
+    assert_eq!(report["errors"], 0, "{report}\n{}", log());
+    // The daemon is not the tool's child: what only its process shows is
+    // absent, not zero.
+    assert!(report["peak_rss_mb"].is_null(), "{report}");
+    assert!(report["cpu_seconds"].is_null(), "{report}");
+    assert!(stdout.contains("peak RSS not measured"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_socks_proxy_for_the_bot_api_stops_the_start_with_one_line() {
     let data = std::env::temp_dir().join(format!("actorbot-cli-socks-{}", std::process::id()));

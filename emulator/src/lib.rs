@@ -11,8 +11,12 @@
 //! conditions on what the bot did. Both can play the quirks of real servers
 //! (scripted failures, outages, servers that ignore `offset`), which is what
 //! the tests use them for.
+//!
+//! [`rig`] starts an `actorbot` daemon as a child process against an
+//! emulator of its own: what the load tests measure.
 
 pub mod openai;
+pub mod rig;
 mod serve;
 pub mod telegram;
 mod wait;

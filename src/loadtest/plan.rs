@@ -203,8 +203,11 @@ pub struct Figures {
     pub outcomes: Vec<Outcome>,
     pub rejected_429: usize,
     pub unconfirmed: usize,
-    pub peak_rss_bytes: u64,
-    pub cpu_seconds: f64,
+    /// The daemon's peak resident memory and CPU time over the run: `None`
+    /// when the tool has no process to read them from (a daemon it did not
+    /// start, no `--pid`).
+    pub peak_rss_bytes: Option<u64>,
+    pub cpu_seconds: Option<f64>,
     /// The daemon's `/metrics`, by full name (labels included).
     pub metrics: HashMap<String, f64>,
 }
@@ -246,9 +249,11 @@ pub struct Report {
     pub replies_per_interaction: f64,
     pub rejected_429: usize,
     pub unconfirmed_updates: usize,
-    pub peak_rss_mb: f64,
-    pub cpu_seconds: f64,
-    pub cpu_percent: f64,
+    /// `null` when not measured (see [`Figures::peak_rss_bytes`]), as are
+    /// the two CPU figures.
+    pub peak_rss_mb: Option<f64>,
+    pub cpu_seconds: Option<f64>,
+    pub cpu_percent: Option<f64>,
     pub hints: Vec<String>,
     /// The thresholds missed; empty when all held (or none were set).
     pub slo_missed: Vec<String>,
@@ -306,9 +311,13 @@ impl Report {
             replies_per_interaction: replies as f64 / interactions.max(1) as f64,
             rejected_429: figures.rejected_429,
             unconfirmed_updates: figures.unconfirmed,
-            peak_rss_mb: (figures.peak_rss_bytes as f64 / 1_048_576.0 * 10.0).round() / 10.0,
-            cpu_seconds: (figures.cpu_seconds * 10.0).round() / 10.0,
-            cpu_percent: (figures.cpu_seconds / seconds * 1000.0).round() / 10.0,
+            peak_rss_mb: figures
+                .peak_rss_bytes
+                .map(|b| (b as f64 / 1_048_576.0 * 10.0).round() / 10.0),
+            cpu_seconds: figures.cpu_seconds.map(|c| (c * 10.0).round() / 10.0),
+            cpu_percent: figures
+                .cpu_seconds
+                .map(|c| (c / seconds * 1000.0).round() / 10.0),
             hints: hints(figures),
             slo_missed: Vec::new(),
         };
@@ -360,10 +369,19 @@ impl Report {
                 ),
             );
         }
+        let rss = self
+            .peak_rss_mb
+            .map_or_else(|| "not measured".to_string(), |mb| format!("{mb:.1} MB"));
+        let cpu = match (self.cpu_seconds, self.cpu_percent) {
+            (Some(seconds), Some(percent)) => {
+                format!("{seconds:.1} s ({percent:.0} % of one core)")
+            }
+            _ => "not measured".to_string(),
+        };
         let _ = writeln!(
             out,
-            "daemon: peak RSS {:.1} MB, CPU {:.1} s ({:.0} % of one core); {:.2} messages per interaction",
-            self.peak_rss_mb, self.cpu_seconds, self.cpu_percent, self.replies_per_interaction
+            "daemon: peak RSS {rss}, CPU {cpu}; {:.2} messages per interaction",
+            self.replies_per_interaction
         );
         for hint in &self.hints {
             let _ = writeln!(out, "hint: {hint}");
@@ -559,6 +577,21 @@ mod tests {
         };
         let held = Report::from_figures(&figures, Some(&slo));
         assert!(held.slo_missed.is_empty(), "{:?}", held.slo_missed);
+        assert_eq!(held.peak_rss_mb, None, "no process, no figure");
+        assert!(
+            held.text()
+                .contains("peak RSS not measured, CPU not measured")
+        );
+        figures.peak_rss_bytes = Some(50 << 20);
+        figures.cpu_seconds = Some(2.5);
+        let measured = Report::from_figures(&figures, Some(&slo));
+        assert_eq!(measured.peak_rss_mb, Some(50.0));
+        assert_eq!(measured.cpu_percent, Some(25.0));
+        assert!(
+            measured
+                .text()
+                .contains("peak RSS 50.0 MB, CPU 2.5 s (25 % of one core)")
+        );
         figures.outcomes.push(outcome(Kind::Ask, None));
         let missed = Report::from_figures(&figures, Some(&slo));
         assert_eq!(missed.lost, 1);

@@ -18,6 +18,12 @@
 //! simulated users send (texts, photos, button presses, a stop). The page
 //! shows it as Telegram would; the emulator keeps speaking the real wire
 //! formats to the daemon, flood limits included.
+//!
+//! The emulator's control API (the `/_fake/...` paths documented in
+//! `emulator/src/telegram/server.rs`) is served under [`EMULATOR_PATH`] of
+//! the same server, `http://HTTP_ADDR/sandbox/emulator`, printed at start:
+//! a tool in another process, such as `actorbot loadtest --emulator URL`,
+//! plays users through it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,6 +45,8 @@ const LONG_POLL: Duration = Duration::from_secs(20);
 const ACTION_SHOWN: Duration = Duration::from_secs(5);
 /// The largest photo the page may send.
 const MAX_PHOTO: usize = 20 << 20;
+/// Where the emulator's control API is served, on the daemon's server.
+pub const EMULATOR_PATH: &str = "/sandbox/emulator";
 
 /// A simulated user of the web chat.
 #[derive(Debug, Clone, Serialize)]
@@ -129,8 +137,10 @@ impl Sandbox {
     /// The routes of the web chat, for [`crate::daemon::run_with`].
     pub fn routes(self: &Arc<Self>) -> crate::http::Extra {
         let data = web::Data::from(Arc::clone(self));
+        let control = self.tg.control_api();
         Arc::new(move |cfg: &mut web::ServiceConfig| {
-            cfg.app_data(data.clone())
+            cfg.service(web::scope(EMULATOR_PATH).configure(&control))
+                .app_data(data.clone())
                 .route("/sandbox", web::get().to(page))
                 .route("/sandbox/api/state", web::get().to(state))
                 .route("/sandbox/api/send", web::post().to(send))

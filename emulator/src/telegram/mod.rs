@@ -8,7 +8,10 @@
 //! retries until they are accepted, as Telegram does.
 //!
 //! [`FakeTelegram`] is a cheap handle: clones share one server, which stops
-//! when the last handle is dropped.
+//! when the last handle is dropped. Tools in other processes drive it over
+//! HTTP instead, through its control API at `/_fake/...` (injecting texts,
+//! commands and photos, reading or long-polling what the bot sent, counters;
+//! listed in the docs of `telegram/server.rs`).
 
 mod server;
 mod state;
@@ -22,7 +25,7 @@ use actix_web::web;
 use serde_json::Value;
 
 pub use state::{
-    BotCommand, Call, Draft, Failure, FailureMatch, FakeState, FloodLimits, SentMessage,
+    BotCommand, Call, ChatNews, Draft, Failure, FailureMatch, FakeState, FloodLimits, SentMessage,
     UploadedFile, WebhookInfo,
 };
 
@@ -125,6 +128,18 @@ impl FakeTelegram {
         self.inner.addr
     }
 
+    /// The control API's routes (`/_fake/...`, described in the docs of
+    /// `telegram/server.rs`) for another actix-web app to serve as well,
+    /// e.g. in a scope: the sandbox serves its emulator's under
+    /// `/sandbox/emulator`.
+    pub fn control_api(&self) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + Sync + 'static {
+        let data = web::Data::new(self.inner.shared.clone());
+        move |cfg: &mut web::ServiceConfig| {
+            cfg.app_data(data.clone());
+            server::configure_control(cfg);
+        }
+    }
+
     fn state(&self) -> &Watched<FakeState> {
         &self.inner.shared.state
     }
@@ -170,11 +185,7 @@ impl FakeTelegram {
 
     /// A text message from `user` in chat `chat_id` (negative for groups).
     pub fn inject_group_text(&self, chat_id: i64, user: i64, text: &str) -> i64 {
-        self.state().update(|s| {
-            let message_id = s.next_message_id;
-            s.next_message_id += 1;
-            s.push_update(updates::text_message(chat_id, user, message_id, text))
-        })
+        self.state().update(|s| s.push_text(chat_id, user, text))
     }
 
     /// A press of an inline button with `data` under message `message_id`.
@@ -203,15 +214,8 @@ impl FakeTelegram {
 
     /// A photo message from `user` with these image bytes.
     pub fn inject_photo(&self, user: i64, bytes: Vec<u8>, caption: Option<&str>) -> i64 {
-        self.state().update(|s| {
-            let size = bytes.len();
-            let (file_id, unique) = s.store_file(bytes, "jpg");
-            let message_id = s.next_message_id;
-            s.next_message_id += 1;
-            s.push_update(updates::photo_message(
-                user, user, message_id, &file_id, &unique, size, caption,
-            ))
-        })
+        self.state()
+            .update(|s| s.push_photo(user, user, bytes, caption))
     }
 
     /// A photo message for a file stored with [`FakeTelegram::add_file`]:
@@ -351,6 +355,20 @@ impl FakeTelegram {
         condition: impl FnMut(&FakeState) -> bool,
     ) -> Result<(), WaitTimeout> {
         self.state().until("a condition", timeout, condition).await
+    }
+
+    /// A chat's counts and the messages after the first `messages`, once
+    /// it has more than `messages` messages or more than `drafts` drafts
+    /// (a count not given is not waited for) or `timeout` has passed: what
+    /// `GET /_fake/chat` answers.
+    pub async fn chat_news(
+        &self,
+        chat_id: i64,
+        messages: Option<usize>,
+        drafts: Option<usize>,
+        timeout: Duration,
+    ) -> ChatNews {
+        server::chat_news(self.state(), chat_id, messages, drafts, timeout).await
     }
 
     /// Waits until the bot has sent at least `n` messages in all.

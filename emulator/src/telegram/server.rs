@@ -6,6 +6,35 @@
 //! urlencoded form, multipart), and answers keep Telegram's shape:
 //! `{"ok":true,"result":...}` or `{"ok":false,"error_code":...,
 //! "description":...,"parameters":{...}}`.
+//!
+//! # The control API
+//!
+//! What a tool in another process needs to play users and read what the
+//! bot did (the load test's `--emulator URL` drives a running emulator with
+//! nothing else). Paths are relative to the emulator's base URL: the
+//! `TELEGRAM_API_URL` the bot is given, or `http://HTTP_ADDR/sandbox/emulator`
+//! for the one inside `actorbot sandbox`. It takes no token.
+//!
+//! - `POST /_fake/updates` with `{"chat_id": N, "text": "...", "from": ID}`
+//!   (`from` defaults to the chat): a text message; a leading `/command`
+//!   gets its `bot_command` entity. Any other JSON object is queued as a
+//!   raw update. Answers `{"update_id": N}`.
+//! - `POST /_fake/photo?chat_id=N[&from=ID][&caption=TEXT]` with the image
+//!   as the body: a photo message; the bot can fetch the file with getFile.
+//!   Answers `{"update_id": N}`.
+//! - `GET /_fake/messages[?chat_id=N]`: every message the bot sent (to that
+//!   chat), as it stands now: `method`, `text` (or caption), `file`
+//!   (name, type and size of an upload), `edits`, ...
+//! - `GET /_fake/chat?chat_id=N[&messages=M][&drafts=D][&timeout=S]`: the
+//!   chat's counts, `{"messages": count, "drafts": count, "new": [...]}`,
+//!   where `new` holds the messages after the first `M` (none without `M`).
+//!   With `timeout` (seconds, at most 60) it first waits until the chat has
+//!   more than `M` messages or more than `D` drafts (sendMessageDraft
+//!   calls), whichever is given: a long poll for the bot's reply.
+//! - `GET /_fake/stats`: counters over all chats: `messages`, `drafts`,
+//!   `calls`, `rejected_429`, `unconfirmed` (updates queued and not yet
+//!   confirmed by the bot), `confirmed_offset`, `next_update_id`,
+//!   `webhook_deliveries`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,10 +44,12 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::ContentType;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::state::{BotCommand, Draft, Failure, FakeState, SentMessage, UploadedFile, WebhookInfo};
+use super::state::{
+    BotCommand, ChatNews, Draft, Failure, FakeState, SentMessage, UploadedFile, WebhookInfo,
+};
 use super::updates;
 use crate::wait::Watched;
 use tokio::sync::Notify;
@@ -73,11 +104,26 @@ impl From<Value> for Answer {
 
 type ApiResult = Result<Answer, ApiError>;
 
+/// The largest photo the control API takes, Telegram's download limit.
+const MAX_PHOTO: usize = 20 << 20;
+
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
+    configure_control(cfg);
+    cfg.default_service(web::to(bot_api));
+}
+
+/// The control API's routes (see the module docs); every path is static,
+/// so the Bot API calls that pass them are not slowed by a pattern match.
+pub(crate) fn configure_control(cfg: &mut web::ServiceConfig) {
     cfg.route("/_fake/updates", web::post().to(control_inject))
+        .service(
+            web::resource("/_fake/photo")
+                .app_data(web::PayloadConfig::new(MAX_PHOTO))
+                .route(web::post().to(control_photo)),
+        )
         .route("/_fake/messages", web::get().to(control_messages))
-        .route("/_fake/stats", web::get().to(control_stats))
-        .default_service(web::to(bot_api));
+        .route("/_fake/chat", web::get().to(control_chat))
+        .route("/_fake/stats", web::get().to(control_stats));
 }
 
 /// `/bot<token>/<method>` and `/file/bot<token>/<path>`, matched by hand:
@@ -908,12 +954,7 @@ async fn control_inject(body: web::Json<Value>, shared: web::Data<Arc<Shared>>) 
     ) {
         (Some(text), Some(chat_id)) => {
             let from = int_value(&body, "from").unwrap_or(chat_id);
-            let text = text.to_string();
-            shared.state.update(|s| {
-                let message_id = s.next_message_id;
-                s.next_message_id += 1;
-                s.push_update(updates::text_message(chat_id, from, message_id, &text))
-            })
+            shared.state.update(|s| s.push_text(chat_id, from, text))
         }
         _ => shared.state.update(|s| s.push_update(body)),
     };
@@ -935,6 +976,88 @@ async fn control_messages(
         None => s.messages.clone(),
     });
     HttpResponse::Ok().json(messages)
+}
+
+#[derive(Deserialize)]
+struct PhotoQuery {
+    chat_id: i64,
+    from: Option<i64>,
+    caption: Option<String>,
+}
+
+/// `POST /_fake/photo?chat_id=N[&from=ID][&caption=TEXT]`, the image as
+/// the body: a photo message.
+async fn control_photo(
+    query: web::Query<PhotoQuery>,
+    body: web::Bytes,
+    shared: web::Data<Arc<Shared>>,
+) -> HttpResponse {
+    let PhotoQuery {
+        chat_id,
+        from,
+        caption,
+    } = query.into_inner();
+    if body.is_empty() {
+        return HttpResponse::BadRequest().json(json!({"error": "the body holds no image"}));
+    }
+    let from = from.unwrap_or(chat_id);
+    let update = shared
+        .state
+        .update(|s| s.push_photo(chat_id, from, body.to_vec(), caption.as_deref()));
+    HttpResponse::Ok().json(json!({"update_id": update}))
+}
+
+#[derive(Deserialize)]
+struct ChatQuery {
+    chat_id: i64,
+    messages: Option<usize>,
+    drafts: Option<usize>,
+    timeout: Option<f64>,
+}
+
+/// The longest a `GET /_fake/chat` waits.
+const LONGEST_CHAT_WAIT: Duration = Duration::from_secs(60);
+
+/// `GET /_fake/chat?chat_id=N[&messages=M][&drafts=D][&timeout=S]`: the
+/// chat's counts and the messages after the first `M`, once it has more
+/// than `M` messages or `D` drafts (or `S` seconds have passed).
+async fn control_chat(
+    query: web::Query<ChatQuery>,
+    shared: web::Data<Arc<Shared>>,
+) -> HttpResponse {
+    let ChatQuery {
+        chat_id,
+        messages,
+        drafts,
+        timeout,
+    } = query.into_inner();
+    let timeout = timeout
+        .filter(|t| t.is_finite() && *t > 0.0)
+        .map_or(Duration::ZERO, |t| {
+            Duration::from_secs_f64(t).min(LONGEST_CHAT_WAIT)
+        });
+    let news = chat_news(&shared.state, chat_id, messages, drafts, timeout).await;
+    HttpResponse::Ok().json(news)
+}
+
+/// See [`super::FakeTelegram::chat_news`].
+pub(crate) async fn chat_news(
+    state: &Watched<FakeState>,
+    chat_id: i64,
+    messages: Option<usize>,
+    drafts: Option<usize>,
+    timeout: Duration,
+) -> ChatNews {
+    if !timeout.is_zero() && (messages.is_some() || drafts.is_some()) {
+        // The answer comes either way: the counts say whether it changed.
+        let _ = state
+            .until(format!("news in chat {chat_id}"), timeout, |s| {
+                let (sent, drafted) = s.chat_counts(chat_id);
+                messages.is_some_and(|n| sent > n) || drafts.is_some_and(|n| drafted > n)
+            })
+            .await;
+    }
+    state.read(|s| s.chat_news(chat_id, messages))
 }
 
 /// `GET /_fake/stats`: counters for load tools.

@@ -125,6 +125,16 @@ pub struct SentMessage {
     pub at: Instant,
 }
 
+/// A chat as a tool polls it: what the bot has sent there, in counts, and
+/// the messages after a count the tool already knows.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChatNews {
+    pub messages: usize,
+    pub drafts: usize,
+    /// The messages after the count asked about (none if none was).
+    pub new: Vec<SentMessage>,
+}
+
 /// One sendMessageDraft call.
 #[derive(Clone, Debug, Serialize)]
 pub struct Draft {
@@ -264,6 +274,37 @@ impl FakeState {
         self.messages.len()
     }
 
+    /// How many messages and drafts the bot has sent to a chat.
+    pub fn chat_counts(&self, chat_id: i64) -> (usize, usize) {
+        (
+            self.messages
+                .iter()
+                .filter(|m| m.chat_id == chat_id)
+                .count(),
+            self.drafts.iter().filter(|d| d.chat_id == chat_id).count(),
+        )
+    }
+
+    /// A chat's counts and its messages after the first `after`.
+    pub fn chat_news(&self, chat_id: i64, after: Option<usize>) -> ChatNews {
+        let (messages, drafts) = self.chat_counts(chat_id);
+        let new = match after {
+            Some(after) => self
+                .messages
+                .iter()
+                .filter(|m| m.chat_id == chat_id)
+                .skip(after)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        ChatNews {
+            messages,
+            drafts,
+            new,
+        }
+    }
+
     /// Drafts streamed to a chat, in order.
     pub fn drafts_to(&self, chat_id: i64) -> Vec<Draft> {
         self.drafts
@@ -392,6 +433,33 @@ impl FakeState {
                 at,
             });
         }
+    }
+
+    /// Queues a text message from `from` in `chat_id`; returns its update_id.
+    pub(crate) fn push_text(&mut self, chat_id: i64, from: i64, text: &str) -> i64 {
+        let message_id = self.next_message_id;
+        self.next_message_id += 1;
+        self.push_update(super::updates::text_message(
+            chat_id, from, message_id, text,
+        ))
+    }
+
+    /// Stores the image and queues a photo message with it from `from` in
+    /// `chat_id`; returns its update_id.
+    pub(crate) fn push_photo(
+        &mut self,
+        chat_id: i64,
+        from: i64,
+        bytes: Vec<u8>,
+        caption: Option<&str>,
+    ) -> i64 {
+        let size = bytes.len();
+        let (file_id, unique) = self.store_file(bytes, "jpg");
+        let message_id = self.next_message_id;
+        self.next_message_id += 1;
+        self.push_update(super::updates::photo_message(
+            chat_id, from, message_id, &file_id, &unique, size, caption,
+        ))
     }
 
     pub(crate) fn store_file(&mut self, bytes: Vec<u8>, extension: &str) -> (String, String) {

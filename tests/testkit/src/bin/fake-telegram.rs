@@ -3,8 +3,12 @@
 //!
 //! Point the bot at it with `TELEGRAM_API_URL=http://ADDR`, inject updates
 //! with `POST /_fake/updates` (`{"chat_id": 1, "text": "/start"}` or a raw
-//! update), read replies at `GET /_fake/messages?chat_id=1`, counters at
-//! `GET /_fake/stats`.
+//! update) and photos with `POST /_fake/photo?chat_id=1`, read replies at
+//! `GET /_fake/messages?chat_id=1` or long-poll for them at
+//! `GET /_fake/chat?chat_id=1&messages=0&timeout=30`, counters at
+//! `GET /_fake/stats` (the control API, described in the emulator's
+//! `telegram/server.rs`). `actorbot loadtest --emulator http://ADDR` drives
+//! it with simulated users.
 
 use std::net::SocketAddr;
 

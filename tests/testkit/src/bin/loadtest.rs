@@ -18,14 +18,13 @@
 //!   the last user has the full answer, and the time above the backend's own.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use actorbot_actors::process::Process;
 use actorbot_testkit::openai::{FakeAi, FakeAiConfig};
-use actorbot_testkit::telegram::{FakeTelegram, FakeTelegramConfig};
+use actorbot_testkit::rig::{self, Rig, RigConfig};
+use actorbot_testkit::telegram::FakeTelegramConfig;
 use clap::Parser;
 
 /// The fakes share the machine with the daemon: allocation should cost
@@ -93,173 +92,98 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// A daemon process against its own fake.
-struct Rig {
-    fake: FakeTelegram,
-    _ai: Option<FakeAi>,
-    daemon: Child,
-    http: SocketAddr,
-    data_dir: PathBuf,
-}
-
-impl Rig {
-    async fn start(args: &Args) -> Result<Rig, Box<dyn std::error::Error>> {
-        Rig::start_with(args, None).await
+/// The daemon under test against a fake of its own (and the fake AI
+/// backend, if given), ready: the shared rig with what these measurements
+/// want of the daemon.
+async fn start(args: &Args, ai: Option<FakeAi>) -> Result<Rig, Box<dyn std::error::Error>> {
+    let mut env = vec![("APP_PROFILE".to_string(), "high-load".to_string())];
+    env.extend(rig::unlimited(true));
+    // Room for every idle user of the memory run and its warm-up.
+    env.push((
+        "MAX_USER_STATES".into(),
+        (args.idle_users + 10_000).max(100_000).to_string(),
+    ));
+    if ai.is_some() {
+        for key in ["AI_SEMAPHORE_LIMIT", "AI_QUEUE_SIZE"] {
+            env.push((key.into(), args.ai_users.to_string()));
+        }
     }
-
-    async fn start_with(
-        args: &Args,
-        ai: Option<FakeAi>,
-    ) -> Result<Rig, Box<dyn std::error::Error>> {
-        let fake = FakeTelegram::start(FakeTelegramConfig {
+    env.extend(args.env.iter().filter_map(|pair| {
+        pair.split_once('=')
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+    }));
+    let mut rig = Rig::start(RigConfig {
+        daemon: args.daemon.clone(),
+        telegram: FakeTelegramConfig {
             token: TOKEN.into(),
             record_calls: args.run.split(',').any(|r| r.trim() == "ai"),
             workers: 1,
             ..Default::default()
-        })?;
-        let http = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let data_dir = std::env::temp_dir().join(format!(
-            "actorbot-load-{}-{}",
-            std::process::id(),
-            http.port()
-        ));
-        std::fs::create_dir_all(&data_dir)?;
-        let mut command = Command::new(&args.daemon);
-        command
-            .arg("run")
-            .env("APP_PROFILE", "high-load")
-            .env("BOT_TOKEN", TOKEN)
-            .env("TELEGRAM_API_URL", fake.api_url())
-            .env("HTTP_ADDR", http.to_string())
-            .env("DATA_DIR", &data_dir)
-            .env("RUST_LOG", "warn")
-            .env("TELEGRAM_GLOBAL_RATE", "1000000")
-            .env("TELEGRAM_GLOBAL_BURST", "100000")
-            .env("TELEGRAM_PRIVATE_RATE", "1000000")
-            .env("TELEGRAM_PRIVATE_BURST", "100000")
-            .env("RATE_LIMIT_PER_USER", "1000000")
-            .env("ANTI_FLOOD_MESSAGES", "1000000")
-            // Room for every idle user of the memory run and its warm-up.
-            .env(
-                "MAX_USER_STATES",
-                (args.idle_users + 10_000).max(100_000).to_string(),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        if let Some(ai) = &ai {
-            command
-                .env("AI_API_URL", ai.api_url())
-                .env("AI_SEMAPHORE_LIMIT", args.ai_users.to_string())
-                .env("AI_QUEUE_SIZE", args.ai_users.to_string());
-        }
-        for pair in &args.env {
-            if let Some((key, value)) = pair.split_once('=') {
-                command.env(key, value);
-            }
-        }
-        let daemon = command.spawn()?;
-        let rig = Rig {
-            fake,
-            _ai: ai,
-            daemon,
-            http,
-            data_dir,
-        };
-        rig.wait_ready().await?;
-        Ok(rig)
-    }
-
-    async fn wait_ready(&self) -> Result<(), Box<dyn std::error::Error>> {
-        let client = awc::Client::default();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let url = format!("http://{}/health", self.http);
-            if let Ok(response) = client.get(url).send().await
-                && response.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err("the daemon did not become healthy within 30 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// CPU time the daemon has used so far (user + system), in seconds.
-    fn cpu_seconds(&self) -> f64 {
-        Process::Pid(self.daemon.id()).cpu_seconds()
-    }
-
-    async fn metrics(&self) -> Result<String, Box<dyn std::error::Error>> {
-        let client = awc::Client::default();
-        let mut response = client
-            .get(format!("http://{}/metrics", self.http))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let body = response.body().limit(16 << 20).await?;
-        Ok(String::from_utf8_lossy(&body).into_owned())
-    }
-
-    /// Resident memory (KiB) and live user actors once the daemon has
-    /// settled: the outbox forgets idle chats' lanes after a few seconds.
-    async fn memory_level(&self) -> Result<(u64, f64), Box<dyn std::error::Error>> {
-        tokio::time::sleep(Duration::from_secs(12)).await;
-        let live = metric_value(&self.metrics().await?, "actorbot_user_actors");
-        Ok((self.rss_kib(), live))
-    }
-
-    fn rss_kib(&self) -> u64 {
-        Process::Pid(self.daemon.id()).rss_bytes() / 1024
-    }
-
-    async fn wait_messages(
-        &self,
-        n: usize,
-        timeout: Duration,
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        self.fake
-            .wait_for_total_messages(n, timeout)
-            .await
-            .map_err(|e| e.to_string().into())
-    }
+        },
+        ai,
+        env,
+        show_log: true,
+    })?;
+    rig.ready(Duration::from_secs(30)).await?;
+    Ok(rig)
 }
 
-impl Drop for Rig {
-    fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
+/// CPU time the daemon has used so far (user + system), in seconds.
+fn cpu_seconds(rig: &Rig) -> f64 {
+    Process::Pid(rig.pid()).cpu_seconds()
+}
+
+async fn metrics(rig: &Rig) -> Result<String, Box<dyn std::error::Error>> {
+    Ok(rig
+        .get("/metrics")
+        .await
+        .ok_or("the daemon's /metrics did not answer")?)
+}
+
+/// Resident memory (KiB) and live user actors once the daemon has
+/// settled: the outbox forgets idle chats' lanes after a few seconds.
+async fn memory_level(rig: &Rig) -> Result<(u64, f64), Box<dyn std::error::Error>> {
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let live = metric_value(&metrics(rig).await?, "actorbot_user_actors");
+    Ok((Process::Pid(rig.pid()).rss_bytes() / 1024, live))
+}
+
+async fn wait_messages(
+    rig: &Rig,
+    n: usize,
+    timeout: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    rig.telegram()
+        .wait_for_total_messages(n, timeout)
+        .await
+        .map_err(|e| e.to_string().into())
 }
 
 async fn throughput(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let rig = Rig::start(args).await?;
+    let rig = start(args, None).await?;
     // Warm up: connections open, sessions' code paths hot.
     for user in 0..1_000 {
-        rig.fake.inject_text(1_000_000 + user, "/start");
+        rig.telegram().inject_text(1_000_000 + user, "/start");
     }
-    rig.wait_messages(1_000, Duration::from_secs(60)).await?;
-    let base = rig.fake.total_messages();
-    let cpu_before = rig.cpu_seconds();
+    wait_messages(&rig, 1_000, Duration::from_secs(60)).await?;
+    let base = rig.telegram().total_messages();
+    let cpu_before = cpu_seconds(&rig);
     let started = Instant::now();
-    rig.fake
+    rig.telegram()
         .inject_texts((0..args.updates).map(|n| ((n % args.users) as i64 + 1, "/start")));
     let injected = started.elapsed();
     // The updates are built before the fake's queue takes them at once, so
     // the daemon sees none of them until then: what this process uses from
     // here on is the fake serving the daemon.
     let own_before = Process::Current.cpu_seconds();
-    rig.wait_messages(base + args.updates as usize, Duration::from_secs(600))
-        .await?;
-    let all = rig.fake.all_messages();
+    wait_messages(&rig, base + args.updates as usize, Duration::from_secs(600)).await?;
+    let all = rig.telegram().all_messages();
     let replies = &all[base..];
     let first = replies.iter().map(|m| m.at).min().unwrap_or(started);
     let last = replies.iter().map(|m| m.at).max().unwrap_or(started);
     let span = last.duration_since(first).as_secs_f64();
     let total = last.duration_since(started).as_secs_f64();
-    let cpu = rig.cpu_seconds() - cpu_before;
+    let cpu = cpu_seconds(&rig) - cpu_before;
     let own = Process::Current.cpu_seconds() - own_before;
     println!(
         "throughput: {} /start updates from {} users: {:.0} updates/s between the first and last reply \
@@ -281,12 +205,12 @@ async fn throughput(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn latency(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let rig = Rig::start(args).await?;
+    let rig = start(args, None).await?;
     for user in 0..1_000 {
-        rig.fake.inject_text(1_000_000 + user, "/start");
+        rig.telegram().inject_text(1_000_000 + user, "/start");
     }
-    rig.wait_messages(1_000, Duration::from_secs(60)).await?;
-    let base = rig.fake.total_messages();
+    wait_messages(&rig, 1_000, Duration::from_secs(60)).await?;
+    let base = rig.telegram().total_messages();
     let total = args.rate * args.seconds;
     let tick = Duration::from_millis(1);
     let per_tick = args.rate as f64 / 1000.0;
@@ -300,14 +224,13 @@ async fn latency(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let due = ((started.elapsed().as_secs_f64() * 1000.0 * per_tick) as u64).min(total);
         while sent < due {
             let user = 2_000_000 + sent as i64;
-            rig.fake.inject_text(user, "/start");
+            rig.telegram().inject_text(user, "/start");
             injected_at.insert(user, Instant::now());
             sent += 1;
         }
     }
-    rig.wait_messages(base + total as usize, Duration::from_secs(600))
-        .await?;
-    let mut latencies: Vec<f64> = rig.fake.all_messages()[base..]
+    wait_messages(&rig, base + total as usize, Duration::from_secs(600)).await?;
+    let mut latencies: Vec<f64> = rig.telegram().all_messages()[base..]
         .iter()
         .filter_map(|m| {
             injected_at
@@ -331,27 +254,27 @@ async fn latency(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn memory(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let rig = Rig::start(args).await?;
+    let rig = start(args, None).await?;
     let warm = 1_000u64;
     for user in 0..warm {
-        rig.fake.inject_text(3_000_000 + user as i64, "/start");
+        rig.telegram()
+            .inject_text(3_000_000 + user as i64, "/start");
     }
-    rig.wait_messages(warm as usize, Duration::from_secs(60))
-        .await?;
+    wait_messages(&rig, warm as usize, Duration::from_secs(60)).await?;
     // Two steps of half the users each: the first step also fills what is
     // bounded whatever the number of users (the database's page caches,
     // thread stacks, pools), so the second shows what one more user costs.
-    let mut levels = vec![rig.memory_level().await?];
+    let mut levels = vec![memory_level(&rig).await?];
     let half = args.idle_users / 2;
     let mut next_user = 4_000_000i64;
     let mut sent = warm as usize;
     for _ in 0..2 {
-        rig.fake
+        rig.telegram()
             .inject_texts((0..half).map(|n| (next_user + n as i64, "/start")));
         next_user += half as i64;
         sent += half as usize;
-        rig.wait_messages(sent, Duration::from_secs(600)).await?;
-        levels.push(rig.memory_level().await?);
+        wait_messages(&rig, sent, Duration::from_secs(600)).await?;
+        levels.push(memory_level(&rig).await?);
     }
     let per_actor = |from: &(u64, f64), to: &(u64, f64)| {
         (to.0.saturating_sub(from.0)) as f64 * 1024.0 / (to.1 - from.1).max(1.0)
@@ -376,10 +299,10 @@ async fn ai(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         latency,
         ..Default::default()
     })?;
-    let rig = Rig::start_with(args, Some(backend.clone())).await?;
+    let rig = start(args, Some(backend.clone())).await?;
     // Warm up the connections to both fakes.
-    rig.fake.inject_text(9_000_000, "warm up");
-    rig.wait_messages(1, Duration::from_secs(30)).await?;
+    rig.telegram().inject_text(9_000_000, "warm up");
+    wait_messages(&rig, 1, Duration::from_secs(30)).await?;
     let n = args.ai_users as usize;
     for round in 0..args.ai_rounds.max(1) {
         let when = if round == 0 {
@@ -402,23 +325,22 @@ async fn ai_round(
     round: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let first_user = 8_000_000 + (round * n) as i64;
-    let base = rig.fake.total_messages();
-    let metrics_before = rig.metrics().await?;
-    let cpu_before = rig.cpu_seconds();
+    let base = rig.telegram().total_messages();
+    let metrics_before = metrics(rig).await?;
+    let cpu_before = cpu_seconds(rig);
     let own_before = Process::Current.cpu_seconds();
     let started = Instant::now();
     for user in 0..n as i64 {
-        rig.fake.inject_text(
+        rig.telegram().inject_text(
             first_user + user,
             &format!("question {}", first_user + user),
         );
     }
-    rig.wait_messages(base + n, Duration::from_secs(300))
-        .await?;
+    wait_messages(rig, base + n, Duration::from_secs(300)).await?;
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = rig.cpu_seconds() - cpu_before;
+    let cpu = cpu_seconds(rig) - cpu_before;
     let own = Process::Current.cpu_seconds() - own_before;
-    let mut times: Vec<f64> = rig.fake.all_messages()[base..]
+    let mut times: Vec<f64> = rig.telegram().all_messages()[base..]
         .iter()
         .map(|m| m.at.duration_since(started).as_secs_f64())
         .collect();
@@ -441,7 +363,7 @@ async fn ai_round(
     // Where the rest goes: from the question to the first call for its
     // chat (intake, journal, session, history), and from the backend's
     // answer to the final message (delivery).
-    let calls = rig.fake.calls();
+    let calls = rig.telegram().calls();
     let mut methods: Vec<(String, usize)> = Vec::new();
     for call in calls.iter().filter(|c| c.at >= started) {
         match methods.iter_mut().find(|(m, _)| *m == call.method) {
@@ -486,7 +408,7 @@ async fn ai_round(
         .values()
         .map(|at| at.duration_since(started).as_secs_f64() * 1000.0)
         .collect();
-    let mut delivery: Vec<f64> = rig.fake.all_messages()[base..]
+    let mut delivery: Vec<f64> = rig.telegram().all_messages()[base..]
         .iter()
         .filter_map(|m| {
             let due = *asked.get(&m.chat_id)? + latency;
@@ -508,7 +430,7 @@ async fn ai_round(
     // The pool's own share, from the daemon's histograms: time waiting for
     // a slot, and each attempt's time beyond the backend's latency
     // (connection, request, reading and parsing the stream).
-    let metrics = rig.metrics().await?;
+    let metrics = metrics(rig).await?;
     let mean = |name: &str| {
         let delta =
             |key: String| metric_value(&metrics, &key) - metric_value(&metrics_before, &key);
