@@ -485,3 +485,20 @@ async fn a_local_bot_api_server_without_local_mode_is_named_in_the_log() {
     app.wait_for_log("TELEGRAM_LOCAL_MODE=true", Duration::from_secs(5))
         .await;
 }
+
+#[actix_rt::test]
+async fn a_photo_telegram_will_not_hand_over_is_called_too_large() {
+    let app = TestApp::builder().start().await;
+    let user = 77_003;
+    // Over the Bot API's 20 MB, in a message that does not say its size:
+    // getFile answers 400 "file is too big".
+    let (file_id, unique) = app.tg.add_file(vec![0u8; 21 << 20], "jpg");
+    app.tg.inject_raw(serde_json::json!({"message": {
+        "message_id": 1, "date": 1_795_600_000,
+        "chat": {"id": user, "type": "private", "first_name": "Big"},
+        "from": {"id": user, "is_bot": false, "first_name": "Big"},
+        "photo": [{"file_id": file_id, "file_unique_id": unique, "width": 8000, "height": 6000}],
+    }}));
+    let reply = wait_for_text(&app, user, "is too large").await;
+    assert!(reply.text.contains("up to 20 MB"), "{}", reply.text);
+}

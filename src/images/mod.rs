@@ -226,7 +226,16 @@ async fn fetch_and_process(
     }
     let file = with_retries(|| api.get_file(&photo.file_id))
         .await
-        .map_err(PhotoError::Download)?;
+        .map_err(|err| match &err {
+            // Telegram's answer to a file over its download limit, where
+            // the message did not say the size.
+            TelegramError::Api {
+                error_code: 400,
+                description,
+                ..
+            } if description.contains("file is too big") => PhotoError::TooLarge { max },
+            _ => PhotoError::Download(err),
+        })?;
     if file.file_size.is_some_and(|size| size > max as u64) {
         return Err(PhotoError::TooLarge { max });
     }

@@ -32,13 +32,14 @@ impl From<MailboxError> for HandoffError {
     }
 }
 
-/// The update kinds the bot asks Telegram for.
+/// The update kinds the bot asks Telegram for: the ones it acts on.
+/// Messages; and a user's press of "stop" on a streamed answer. (Edited
+/// messages and button presses would only be taken, journaled and set
+/// aside: the bot sends no buttons and answers a message once.)
 pub fn allowed_updates() -> Vec<crate::telegram::types::AllowedUpdate> {
     use crate::telegram::types::AllowedUpdate;
     vec![
         AllowedUpdate::Message,
-        AllowedUpdate::EditedMessage,
-        AllowedUpdate::CallbackQuery,
         AllowedUpdate::StoppedMessageGeneration,
     ]
 }

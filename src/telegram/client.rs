@@ -20,11 +20,10 @@ use actix_multipart_rfc7578::client::multipart;
 use awc::http::StatusCode;
 use bytes::Bytes;
 use frankenstein::methods::{
-    AnswerCallbackQueryParams, DeleteWebhookParams, EditMessageTextParams, GetFileParams,
-    GetUpdatesParams, SendChatActionParams, SendMessageDraftParams, SendMessageParams,
-    SetMyCommandsParams, SetWebhookParams,
+    DeleteWebhookParams, EditMessageTextParams, GetFileParams, GetUpdatesParams,
+    SendChatActionParams, SendMessageDraftParams, SendMessageParams, SetMyCommandsParams,
+    SetWebhookParams,
 };
-use frankenstein::response::ResponseParameters;
 use frankenstein::types::File;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -216,7 +215,16 @@ struct ApiResponse<T> {
     result: Option<T>,
     error_code: Option<i32>,
     description: Option<String>,
-    parameters: Option<ResponseParameters>,
+    parameters: Option<Parameters>,
+}
+
+/// An error answer's `parameters`, read here rather than with
+/// frankenstein's type, whose `retry_after` is a `u16`: a longer wait would
+/// make the whole error unreadable and the 429 retried at once.
+#[derive(Debug, Default, Deserialize)]
+struct Parameters {
+    migrate_to_chat_id: Option<i64>,
+    retry_after: Option<u64>,
 }
 
 impl BotApi {
@@ -397,13 +405,6 @@ impl BotApi {
         self.call("sendChatAction", params).await
     }
 
-    pub async fn answer_callback_query(
-        &self,
-        params: &AnswerCallbackQueryParams,
-    ) -> Result<bool, TelegramError> {
-        self.call("answerCallbackQuery", params).await
-    }
-
     pub async fn get_file(&self, file_id: &str) -> Result<File, TelegramError> {
         let params = GetFileParams::builder().file_id(file_id).build();
         self.call("getFile", &params).await
@@ -525,17 +526,16 @@ fn parse_response<R: DeserializeOwned>(
                 .map_err(|_| decode_error("\"ok\":true without a result".to_string())),
         };
     }
-    let parameters = parsed.parameters.unwrap_or(ResponseParameters {
-        migrate_to_chat_id: None,
-        retry_after: None,
-    });
+    let parameters = parsed.parameters.unwrap_or_default();
     Err(TelegramError::Api {
         method: method.to_string(),
         error_code: parsed
             .error_code
             .unwrap_or_else(|| i32::from(status.as_u16())),
         description: parsed.description.unwrap_or_default(),
-        retry_after: parameters.retry_after.map(u32::from),
+        retry_after: parameters
+            .retry_after
+            .map(|secs| u32::try_from(secs).unwrap_or(u32::MAX)),
         migrate_to_chat_id: parameters.migrate_to_chat_id,
     })
 }
@@ -543,6 +543,14 @@ fn parse_response<R: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_longer_than_a_u16_is_read() {
+        let body = br#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 86400","parameters":{"retry_after":86400}}"#;
+        let err =
+            parse_response::<bool>("sendMessage", StatusCode::TOO_MANY_REQUESTS, body).unwrap_err();
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(86_400)));
+    }
 
     #[test]
     fn telegram_error_shape_is_kept() {

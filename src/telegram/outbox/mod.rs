@@ -38,7 +38,7 @@ use actix::prelude::*;
 use actorbot_actors::probe::{Health, MailboxFigures, Probe, ProbeReport};
 use frankenstein::methods::{
     EditMessageTextParams, SendChatActionParams, SendDocumentParams, SendMessageDraftParams,
-    SendMessageParams, SendPhotoParams,
+    SendMessageParams,
 };
 
 use frankenstein::types::ChatId;
@@ -63,7 +63,6 @@ pub enum Request {
     ChatAction(SendChatActionParams),
     Draft(SendMessageDraftParams),
     Document(Box<SendDocumentParams>, Upload),
-    Photo(Box<SendPhotoParams>, Upload),
 }
 
 impl Request {
@@ -74,7 +73,6 @@ impl Request {
             Request::ChatAction(_) => "sendChatAction",
             Request::Draft(_) => "sendMessageDraft",
             Request::Document(..) => "sendDocument",
-            Request::Photo(..) => "sendPhoto",
         }
     }
 
@@ -99,7 +97,6 @@ impl Request {
             Request::ChatAction(p) => p.chat_id = id,
             Request::Draft(p) => p.chat_id = id,
             Request::Document(p, _) => p.chat_id = id,
-            Request::Photo(p, _) => p.chat_id = id,
         }
     }
 
@@ -114,10 +111,6 @@ impl Request {
             Request::Draft(p) => api.send_message_draft(&p).await.map(|_| Delivered::Done),
             Request::Document(p, upload) => api
                 .call_multipart("sendDocument", &*p, "document", upload)
-                .await
-                .map(Delivered::Message),
-            Request::Photo(p, upload) => api
-                .call_multipart("sendPhoto", &*p, "photo", upload)
                 .await
                 .map(Delivered::Message),
         }
