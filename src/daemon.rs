@@ -330,6 +330,7 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         live: live.clone(),
         cleanup,
         sessions: sessions.clone(),
+        undo: Arc::default(),
         stallable: config.debug_endpoints.then(|| journal.clone()),
     };
     let intake_probe = observed.intake.clone();

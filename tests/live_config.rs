@@ -442,3 +442,81 @@ async fn the_memory_limit_holds_under_a_crowd_and_every_update_is_answered() {
         .await
         .expect("intake runs again");
 }
+
+#[actix_rt::test]
+async fn a_suggestion_appears_when_provoked_and_optimize_applies_it_and_undo_restores_it() {
+    let ai = FakeAi::start(FakeAiConfig {
+        latency: Duration::from_millis(400),
+        ..FakeAiConfig::default()
+    })
+    .expect("the fake AI starts");
+    let app = with_admin(&ai)
+        .env("AI_SEMAPHORE_LIMIT", 1)
+        .env("AI_QUEUE_SIZE", 1000)
+        .env("HEALTH_INTERVAL", 0.5)
+        .start()
+        .await;
+    // A first round of figures, then questions that queue for the one slot.
+    let deadline = std::time::Instant::now() + WAIT;
+    while get(&app, "/performance/history").await["samples"]
+        .as_array()
+        .is_none_or(|s| s.is_empty())
+    {
+        assert!(std::time::Instant::now() < deadline, "no round of figures");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, quiet) = app
+        .request("GET", "/performance/suggestions", Some(TOKEN))
+        .await;
+    assert_eq!(status, 200);
+    assert!(!quiet.contains("AI_SEMAPHORE_LIMIT"), "{quiet}");
+    let askers: Vec<i64> = (60_000..60_008).collect();
+    for user in &askers {
+        app.tg.inject_text(*user, &format!("Slow question {user}"));
+    }
+    app.tg
+        .wait_until(Duration::from_secs(30), |s| {
+            askers.iter().all(|u| !s.messages_to(*u).is_empty())
+        })
+        .await
+        .expect("all answered");
+    let found = get(&app, "/performance/suggestions").await;
+    let ai_slots = found["suggestions"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|s| s["setting"] == "AI_SEMAPHORE_LIMIT")
+        .unwrap_or_else(|| panic!("no suggestion for the AI slots: {found}"))
+        .clone();
+    assert_eq!(ai_slots["current"], 1);
+    assert_eq!(ai_slots["proposed"], 2);
+    assert!(
+        ai_slots["value"].as_f64().unwrap_or(0.0) >= 0.5,
+        "{ai_slots}"
+    );
+
+    let (status, applied) = app
+        .send_json("POST", "/performance/optimize", Some(TOKEN), json!({}))
+        .await;
+    assert_eq!(status, 200, "{applied}");
+    let config = get(&app, "/config").await;
+    assert_eq!(config["ai_semaphore_limit"], 2);
+    assert_eq!(config["sources"]["ai_semaphore_limit"], "runtime");
+    app.wait_for_log(
+        "configuration changed by POST /performance/optimize: AI_SEMAPHORE_LIMIT 1 -> 2",
+        WAIT,
+    )
+    .await;
+
+    let (status, undone) = app
+        .send_json("POST", "/performance/optimize?undo", Some(TOKEN), json!({}))
+        .await;
+    assert_eq!(status, 200, "{undone}");
+    let config = get(&app, "/config").await;
+    assert_eq!(config["ai_semaphore_limit"], 1);
+    assert_eq!(config["sources"]["ai_semaphore_limit"], "environment");
+    let (status, _) = app
+        .send_json("POST", "/performance/optimize?undo", Some(TOKEN), json!({}))
+        .await;
+    assert_eq!(status, 409, "a second undo has nothing to undo");
+}

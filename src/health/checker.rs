@@ -18,6 +18,7 @@ use serde::Serialize;
 use super::alerts::{Alert, AlertBook, Notice, Observation};
 use super::memory::Pressure;
 use super::sample::{Reading, Sample};
+use super::suggest::{Figures, Suggestion, WINDOW, suggest};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::http::Observed;
@@ -89,6 +90,25 @@ impl Handler<Retune> for HealthChecker {
     }
 }
 
+/// The suggestions from the last [`WINDOW`] of figures, under `config`.
+#[derive(actix::Message)]
+#[rtype(result = "Vec<Suggestion>")]
+pub struct GetSuggestions(pub Arc<Config>);
+
+impl Handler<GetSuggestions> for HealthChecker {
+    type Result = MessageResult<GetSuggestions>;
+
+    fn handle(
+        &mut self,
+        GetSuggestions(config): GetSuggestions,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        let now = Figures::read(&self.observed, self.observed.started);
+        let before = self.figures.front().copied().unwrap_or(now);
+        MessageResult(suggest(&before, &now, &config))
+    }
+}
+
 /// Where the remote dependencies are.
 #[derive(Clone)]
 pub struct Remotes {
@@ -110,6 +130,8 @@ pub struct HealthChecker {
     reading: Reading,
     history: VecDeque<Sample>,
     history_len: usize,
+    /// The figures of the last [`WINDOW`], for the suggestions.
+    figures: VecDeque<Figures>,
     dependencies: BTreeMap<String, Dependency>,
     troubled: Vec<String>,
     book: AlertBook,
@@ -142,6 +164,7 @@ impl HealthChecker {
             reading: Reading::now(),
             history: VecDeque::with_capacity(history_len),
             history_len,
+            figures: VecDeque::new(),
             dependencies: BTreeMap::new(),
             troubled: Vec::new(),
             book: AlertBook::new(Config::secs(config.alert_quiet_period)),
@@ -273,6 +296,15 @@ impl HealthChecker {
             self.history.pop_front();
         }
         self.history.push_back(sample);
+        let figures = Figures::read(&self.observed, self.observed.started);
+        while self
+            .figures
+            .front()
+            .is_some_and(|f| figures.at_s - f.at_s > WINDOW.as_secs_f64())
+        {
+            self.figures.pop_front();
+        }
+        self.figures.push_back(figures);
         for notice in notices {
             self.announce(&notice);
         }

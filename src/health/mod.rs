@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod checker;
 pub mod memory;
 pub mod sample;
+pub mod suggest;
 pub mod summary;
 
 use std::fmt::Write as _;

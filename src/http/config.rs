@@ -1,9 +1,10 @@
 //! The configuration over HTTP, read and changed while running, and the
 //! cleanup on demand.
 //!
-//! Reading (`GET /config`, `GET /config/profiles`) is guarded like every
-//! other endpoint. Changing (`PUT /config`, `POST /config/profile/{name}`,
-//! `POST /cleanup`) needs `ADMIN_HTTP_TOKEN` set and presented as a bearer
+//! Reading (`GET /config`, `GET /config/profiles`,
+//! `GET /performance/suggestions`) is guarded like every other endpoint.
+//! Changing (`PUT /config`, `POST /config/profile/{name}`, `POST /cleanup`,
+//! `POST /performance/optimize`) needs `ADMIN_HTTP_TOKEN` set and presented as a bearer
 //! token: with none configured these answer 403 saying how to enable them,
 //! so that a daemon is never reconfigurable by whoever reaches its port.
 
@@ -15,6 +16,8 @@ use serde_json::json;
 use super::ops::Ops;
 use crate::config::Config;
 use crate::config::live::{Applied, Origin, Refused};
+use crate::health::checker::GetSuggestions;
+use crate::health::suggest::{WINDOW, to_apply};
 
 /// Sessions idle this long are retired by a cleanup asked for on demand.
 pub const CLEANUP_IDLE_SESSIONS: Duration = Duration::from_secs(60);
@@ -107,5 +110,65 @@ pub async fn cleanup(ops: web::Data<Ops>) -> HttpResponse {
         }
         Err(err) => HttpResponse::ServiceUnavailable()
             .json(json!({"error": format!("the cleanup failed: {err:#}")})),
+    }
+}
+
+/// The tuning suggestions from the last minutes' figures.
+pub async fn suggestions(ops: web::Data<Ops>) -> HttpResponse {
+    match ops.health.send(GetSuggestions(ops.live.current())).await {
+        Ok(found) => HttpResponse::Ok().json(json!({
+            "window_s": WINDOW.as_secs(),
+            "suggestions": found,
+        })),
+        Err(err) => HttpResponse::ServiceUnavailable()
+            .json(json!({"error": format!("the health checker did not answer: {err}")})),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct OptimizeQuery {
+    undo: Option<String>,
+}
+
+/// Applies the suggestions that can change while running, remembering the
+/// values they replace; `?undo` puts those back.
+pub async fn optimize(ops: web::Data<Ops>, query: web::Query<OptimizeQuery>) -> HttpResponse {
+    if let Some(refused) = refuse_without_token(&ops) {
+        return refused;
+    }
+    let origin = Origin::Endpoint("POST /performance/optimize");
+    if query.undo.is_some() {
+        let saved = ops.undo.lock().unwrap_or_else(|e| e.into_inner()).take();
+        return match saved {
+            Some(runtime) => answer(ops.live.restore_runtime(runtime, origin)),
+            None => HttpResponse::Conflict()
+                .json(json!({"error": "nothing to undo: no optimization was applied since the last undo"})),
+        };
+    }
+    let found = match ops.health.send(GetSuggestions(ops.live.current())).await {
+        Ok(found) => found,
+        Err(err) => {
+            return HttpResponse::ServiceUnavailable()
+                .json(json!({"error": format!("the health checker did not answer: {err}")}));
+        }
+    };
+    let values = to_apply(&found);
+    if values.is_empty() {
+        return HttpResponse::Ok()
+            .json(json!({"changed": [], "needs_restart": [], "suggestions": found}));
+    }
+    let before = ops.live.runtime_values();
+    match ops.live.set(&serde_json::Value::Object(values), origin) {
+        Ok(applied) => {
+            let mut undo = ops.undo.lock().unwrap_or_else(|e| e.into_inner());
+            // A second optimization is undone to the state before the first.
+            undo.get_or_insert(before);
+            HttpResponse::Ok().json(json!({
+                "changed": applied.changes,
+                "needs_restart": applied.needs_restart,
+                "suggestions": found,
+            }))
+        }
+        Err(err) => HttpResponse::BadRequest().json(json!({"error": err.to_string()})),
     }
 }

@@ -10,7 +10,8 @@
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /ready`, `/performance/*`, `/dashboard`: see [`ops`].
 //! - `GET`/`PUT /config`, `/config/profiles`, `POST /config/profile/{name}`,
-//!   `POST /cleanup`: see [`config`].
+//!   `POST /cleanup`, `GET /performance/suggestions`,
+//!   `POST /performance/optimize`: see [`config`].
 //!
 //! With `ADMIN_HTTP_TOKEN` set, every endpoint but `/health` and `/ready`
 //! requires it as a bearer token.
@@ -226,6 +227,14 @@ pub fn server(
                 web::post().to(config::use_profile),
             ))
             .service(endpoint("/cleanup", web::post().to(config::cleanup)))
+            .service(endpoint(
+                "/performance/suggestions",
+                web::get().to(config::suggestions),
+            ))
+            .service(endpoint(
+                "/performance/optimize",
+                web::post().to(config::optimize),
+            ))
             .service(endpoint("/dashboard", web::get().to(ops::dashboard)))
             .service(endpoint("/dead-letters", web::get().to(dead_letters::list)))
             .service(endpoint(

@@ -29,6 +29,8 @@ pub struct Ops {
     pub live: Arc<Live>,
     pub cleanup: Cleanup,
     pub sessions: Sessions,
+    /// The run-time values an optimization replaced, for its undo.
+    pub undo: Arc<std::sync::Mutex<Option<toml::Table>>>,
     /// Present when `DEBUG_ENDPOINTS` is on.
     pub stallable: Option<Addr<Journal>>,
 }

@@ -513,6 +513,16 @@ pub async fn run(options: Options) -> Result<Report, String> {
             .unwrap_or_default(),
         None => String::new(),
     };
+    // The daemon's own suggestions, from the figures of the run: the same
+    // as `GET /performance/suggestions` answers an operator.
+    let suggestions = match &daemon_url {
+        Some(url) => rig::get(&format!("{url}/performance/suggestions"))
+            .await
+            .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|body| serde_json::from_value(body["suggestions"].clone()).ok())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
     let (rejected, unconfirmed) = emulator.counters().await?;
     drop(own_rig);
     let record = std::mem::take(&mut *record.lock().unwrap_or_else(|e| e.into_inner()));
@@ -525,6 +535,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
         peak_rss_bytes,
         cpu_seconds,
         metrics: plan::metric_values(&metrics),
+        suggestions,
     };
     Ok(Report::from_figures(&figures, options.slo.as_ref()))
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use crate::health::suggest::Suggestion as DaemonSuggestion;
+
 /// One kind of interaction a simulated user has with the bot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -210,6 +212,8 @@ pub struct Figures {
     pub cpu_seconds: Option<f64>,
     /// The daemon's `/metrics`, by full name (labels included).
     pub metrics: HashMap<String, f64>,
+    /// The daemon's tuning suggestions after the run.
+    pub suggestions: Vec<DaemonSuggestion>,
 }
 
 /// Milliseconds, rounded to a tenth.
@@ -255,6 +259,9 @@ pub struct Report {
     pub cpu_seconds: Option<f64>,
     pub cpu_percent: Option<f64>,
     pub hints: Vec<String>,
+    /// The daemon's tuning suggestions after the run (as
+    /// `GET /performance/suggestions` answers).
+    pub suggestions: Vec<DaemonSuggestion>,
     /// The thresholds missed; empty when all held (or none were set).
     pub slo_missed: Vec<String>,
 }
@@ -319,6 +326,7 @@ impl Report {
                 .cpu_seconds
                 .map(|c| (c / seconds * 1000.0).round() / 10.0),
             hints: hints(figures),
+            suggestions: figures.suggestions.clone(),
             slo_missed: Vec::new(),
         };
         if let Some(slo) = slo {
@@ -385,6 +393,13 @@ impl Report {
         );
         for hint in &self.hints {
             let _ = writeln!(out, "hint: {hint}");
+        }
+        for s in &self.suggestions {
+            let _ = writeln!(
+                out,
+                "suggestion: {} {} -> {} ({} = {}): {}",
+                s.setting, s.current, s.proposed, s.figure, s.value, s.why
+            );
         }
         if self.slo_missed.is_empty() {
             let _ = writeln!(out, "SLO: held (or none set)");
