@@ -218,3 +218,40 @@ async fn a_server_that_ignores_offset_and_timeout_is_polled_calmly_and_answered_
     assert!(per_second < 10.0, "{per_second:.0} getUpdates a second");
     assert_eq!(app.tg.total_messages(), 5, "an update was answered twice");
 }
+
+#[actix_rt::test]
+async fn a_server_that_closes_idle_connections_between_requests_loses_no_reply() {
+    let fake = actorbot_testkit::telegram::FakeTelegram::start(
+        actorbot_testkit::telegram::FakeTelegramConfig {
+            token: TOKEN.to_string(),
+            // Closed 50 ms after each answer, as some servers and proxies
+            // do: the client's pooled connections go stale between sends.
+            keep_alive: Some(Duration::from_millis(50)),
+            ..Default::default()
+        },
+    )
+    .expect("the fake Telegram starts");
+    let app = common::unthrottled(TestApp::builder().with_fake(fake))
+        .start()
+        .await;
+    let mut users = Vec::new();
+    for round in 0..5i64 {
+        for n in 0..10 {
+            let user = 44_000 + round * 10 + n;
+            app.tg.inject_text(user, "/start");
+            users.push(user);
+        }
+        // Longer than the server keeps an idle connection.
+        app.tg
+            .wait_until(WAIT, |s| {
+                users.iter().all(|u| !s.messages_to(*u).is_empty())
+            })
+            .await
+            .expect("the round answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for user in &users {
+        assert_eq!(app.tg.messages_to(*user).len(), 1, "user {user}");
+    }
+    assert!(!app.log().contains("given up"), "{}", app.log());
+}

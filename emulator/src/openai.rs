@@ -156,6 +156,7 @@ impl FakeAi {
             "fake-ai",
             config.addr,
             config.workers,
+            None,
             move |cfg: &mut web::ServiceConfig| {
                 cfg.app_data(data.clone())
                     .route("/v1/chat/completions", web::post().to(completions))

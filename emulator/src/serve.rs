@@ -15,10 +15,13 @@ pub(crate) struct Served {
 
 /// Starts a server whose routes `configure` adds, plus an optional
 /// background task on the system's own thread, and returns once it listens.
+/// `keep_alive` is how long an idle connection stays open (actix-web's
+/// default when `None`).
 pub(crate) fn serve<F>(
     name: &str,
     addr: SocketAddr,
     workers: usize,
+    keep_alive: Option<std::time::Duration>,
     configure: F,
     background: Option<Box<dyn FnOnce() -> LocalBoxFuture<'static, ()> + Send>>,
 ) -> std::io::Result<Served>
@@ -38,6 +41,11 @@ where
                         .configure(configure.clone())
                 })
                 .workers(workers.max(1))
+                .keep_alive(
+                    keep_alive.map_or(actix_web::http::KeepAlive::default(), |idle| {
+                        actix_web::http::KeepAlive::Timeout(idle)
+                    }),
+                )
                 .disable_signals()
                 .backlog(8192)
                 .max_connections(100_000)

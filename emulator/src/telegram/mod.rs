@@ -46,6 +46,10 @@ pub struct FakeTelegramConfig {
     pub workers: usize,
     /// Keep a record of every call (turn off for long load tests).
     pub record_calls: bool,
+    /// How long an idle connection stays open before the server closes
+    /// it (actix-web's default when `None`): a short one plays servers and
+    /// proxies that close keep-alive connections between requests.
+    pub keep_alive: Option<std::time::Duration>,
 }
 
 impl Default for FakeTelegramConfig {
@@ -56,6 +60,7 @@ impl Default for FakeTelegramConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             workers: 2,
             record_calls: true,
+            keep_alive: None,
         }
     }
 }
@@ -102,6 +107,7 @@ impl FakeTelegram {
             "fake-telegram",
             config.addr,
             config.workers,
+            config.keep_alive,
             move |cfg: &mut web::ServiceConfig| {
                 cfg.app_data(data.clone());
                 server::configure(cfg);

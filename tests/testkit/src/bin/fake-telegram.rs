@@ -43,6 +43,7 @@ fn main() -> std::io::Result<()> {
         addr: args.addr,
         workers: args.workers,
         record_calls: !args.no_call_log,
+        ..FakeTelegramConfig::default()
     })?;
     println!("fake Telegram listening on {}", fake.api_url());
     loop {
