@@ -71,6 +71,10 @@ pub struct MemoryGauge {
     rss: Arc<AtomicU64>,
     /// `MEMORY_LIMIT_MB` as the guard last read it; 0 for none.
     limit_mb: Arc<AtomicU64>,
+    /// Set by the guard when nothing is left to shed: memory above the
+    /// soft mark is then what the daemon needs, and holding intake would
+    /// hold it for good.
+    floor: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl MemoryGauge {
@@ -84,7 +88,11 @@ impl MemoryGauge {
             return Pressure::Normal;
         }
         let rss = Process::Current.rss_bytes();
-        let now = judge(rss as f64 / (1024.0 * 1024.0), limit, self.pressure());
+        let mut now = judge(rss as f64 / (1024.0 * 1024.0), limit, self.pressure());
+        if now == Pressure::Hard && self.floor.load(Ordering::Relaxed) {
+            // Small batches rather than none: see `floor`.
+            now = Pressure::Soft;
+        }
         self.set(now, rss);
         now
     }
@@ -186,6 +194,16 @@ impl MemoryGuard {
             let live = self.sessions.stats().live;
             let retired = self.sessions.shed(live.div_ceil(10));
             let dropped: usize = self.caches.iter().map(|c| c.shrink()).sum();
+            let nothing_left = live == 0 && dropped == 0;
+            if nothing_left != self.gauge.floor.swap(nothing_left, Ordering::Relaxed)
+                && nothing_left
+            {
+                log::warn!(
+                    "memory {} MB stays past the soft mark of MEMORY_LIMIT_MB={limit} with nothing left to shed: \
+                     intake goes on in small batches; the limit is below what the daemon needs",
+                    rss / (1024 * 1024)
+                );
+            }
             self.shed_sessions += retired as u64;
             self.shed_entries += dropped as u64;
             crate::metrics::MEMORY_SHED
@@ -194,6 +212,9 @@ impl MemoryGuard {
             crate::metrics::MEMORY_SHED
                 .with_label_values(&["cache_entries"])
                 .inc_by(dropped as u64);
+        }
+        if now == Pressure::Normal {
+            self.gauge.floor.store(false, Ordering::Relaxed);
         }
         self.vitals.active();
     }

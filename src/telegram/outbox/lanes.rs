@@ -72,11 +72,32 @@ impl<J: Counted> Lanes<J> {
                 lane.bucket.retune(rates.group_rate, rates.group_burst, now);
             }
         }
+        // Lanes waiting for their bucket were timed by the old rate.
+        let waiting: Vec<i64> = self.waiting.drain().map(|Reverse((_, c))| c).collect();
+        for chat_id in waiting {
+            if let Some(lane) = self.lanes.get_mut(&chat_id) {
+                lane.scheduled = false;
+            }
+            self.schedule(chat_id, now);
+        }
     }
 
     /// Requests waiting in every lane (not those in flight).
     pub fn queued(&self) -> usize {
         self.queued
+    }
+
+    /// The `n` chats with the most requests waiting, most first.
+    pub fn most_waiting(&self, n: usize) -> Vec<(i64, usize)> {
+        let mut waiting: Vec<(i64, usize)> = self
+            .lanes
+            .iter()
+            .filter(|(_, lane)| !lane.queue.is_empty())
+            .map(|(chat_id, lane)| (*chat_id, lane.queue.len()))
+            .collect();
+        waiting.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        waiting.truncate(n);
+        waiting
     }
 
     /// Lanes that exist (busy, waiting, or refilling their bucket).
@@ -275,6 +296,38 @@ mod tests {
 
     fn names(taken: &[(i64, Job)]) -> Vec<(i64, &'static str)> {
         taken.iter().map(|(chat, job)| (*chat, job.0)).collect()
+    }
+
+    #[test]
+    fn the_chats_with_most_waiting_come_first() {
+        let now = Instant::now();
+        let mut lanes = Lanes::new(RATES);
+        lanes.push(1, [Job("a1", true)], now);
+        lanes.push(2, [Job("b1", true), Job("b2", true), Job("b3", true)], now);
+        lanes.push(-3, [Job("g1", true), Job("g2", true)], now);
+        assert_eq!(lanes.most_waiting(2), [(2, 3), (-3, 2)]);
+        assert_eq!(lanes.most_waiting(10).len(), 3);
+    }
+
+    #[test]
+    fn a_new_rate_applies_to_the_lanes_there_are() {
+        let now = Instant::now();
+        let unlimited = global(1e6, 1000);
+        let mut lanes = Lanes::new(RATES);
+        lanes.push(1, [Job("a1", true), Job("a2", true)], now);
+        let (first, _) = lanes.take(now, 10, &unlimited);
+        assert_eq!(names(&first), [(1, "a1")]);
+        lanes.finish(1, now);
+        // At one a second the next would wait; a hundred a second, 10 ms.
+        lanes.set_rates(
+            LaneRates {
+                private_rate: 100.0,
+                ..RATES
+            },
+            now,
+        );
+        let (later, _) = lanes.take(now + Duration::from_millis(10), 10, &unlimited);
+        assert_eq!(names(&later), [(1, "a2")]);
     }
 
     #[test]

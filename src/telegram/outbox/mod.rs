@@ -229,6 +229,9 @@ const GLOBAL_FLOOD_CHATS: usize = 3;
 /// A request that keeps being told to wait is given up after this many 429s.
 const MAX_FLOOD_WAITS: u32 = 20;
 const LANE_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// Chats shown in the probe's `waiting_by_chat`.
+const WAITING_SHOWN: usize = 20;
+
 /// The longest wait between two tries of a send while Telegram is
 /// unreachable.
 pub const OUTAGE_RETRY: Duration = Duration::from_secs(30);
@@ -800,7 +803,15 @@ impl Handler<Probe> for Outbox {
             capacity: self.limits.capacity,
         });
         report.handled = self.stats.delivered;
-        MessageResult(report)
+        // The chats with the most sends waiting: the flood limits at work,
+        // as the sandbox's panel shows them.
+        let waiting: std::collections::BTreeMap<String, usize> = self
+            .lanes
+            .most_waiting(WAITING_SHOWN)
+            .into_iter()
+            .map(|(chat_id, n)| (chat_id.to_string(), n))
+            .collect();
+        MessageResult(report.detail("waiting_by_chat", waiting))
     }
 }
 
