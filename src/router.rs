@@ -217,7 +217,7 @@ impl Handler<Incoming> for Router {
                 .send(Record(rows))
                 .await
                 .map_err(HandoffError::from)?
-                .map_err(|err| HandoffError::Unavailable(err.to_string()))?;
+                .map_err(HandoffError::from)?;
             {
                 let mut handover = lock(&undelivered);
                 let fresh: Vec<_> = updates

@@ -18,18 +18,18 @@ use crate::telegram::update::RawUpdate;
 #[rtype(result = "Result<(), HandoffError>")]
 pub struct Incoming(pub Vec<RawUpdate>);
 
+/// Why a batch was not taken; intake keeps its offset and offers the
+/// updates again.
 #[derive(Debug, Error)]
 pub enum HandoffError {
     #[error("the bot is shutting down")]
     ShuttingDown,
+    /// The router or the journal did not answer (restarting, stopped).
     #[error("the router is unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl From<MailboxError> for HandoffError {
-    fn from(err: MailboxError) -> Self {
-        HandoffError::Unavailable(err.to_string())
-    }
+    Unavailable(#[from] MailboxError),
+    /// The journal could not write the batch to the inbox.
+    #[error("the updates could not be journaled: {0}")]
+    NotJournaled(#[from] crate::journal::JournalError),
 }
 
 /// The update kinds the bot asks Telegram for: the ones it acts on.

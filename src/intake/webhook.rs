@@ -15,7 +15,7 @@ use actix::Recipient;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
-use super::{HandoffError, Incoming};
+use super::Incoming;
 use crate::config::Secret;
 use crate::telegram::update::RawUpdate;
 
@@ -113,15 +113,11 @@ pub async fn receive(
     crate::metrics::UPDATES_IN
         .with_label_values(&["webhook"])
         .inc();
-    match state.sink.send(Incoming(vec![update])).await {
-        Ok(Ok(())) => HttpResponse::Ok().finish(),
-        Ok(Err(err @ HandoffError::ShuttingDown)) | Ok(Err(err @ HandoffError::Unavailable(_))) => {
-            log::warn!("webhook: update_id={update_id} not taken, Telegram will retry: {err}");
-            HttpResponse::ServiceUnavailable().finish()
-        }
-        Err(err) => {
-            log::warn!("webhook: update_id={update_id} not taken, Telegram will retry: {err}");
-            HttpResponse::ServiceUnavailable().finish()
-        }
-    }
+    let refused = match state.sink.send(Incoming(vec![update])).await {
+        Ok(Ok(())) => return HttpResponse::Ok().finish(),
+        Ok(Err(err)) => err.to_string(),
+        Err(err) => err.to_string(),
+    };
+    log::warn!("webhook: update_id={update_id} not taken, Telegram will retry: {refused}");
+    HttpResponse::ServiceUnavailable().finish()
 }
