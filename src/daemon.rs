@@ -54,7 +54,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// [`run`], with more routes on the HTTP endpoint (the sandbox's).
 pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Result<()> {
     let started = Instant::now();
-    let live = running_config(config.clone());
+    let live = Live::for_loaded(config.clone());
     let faults = Faults::parse(&config.fault_panic, &config.fault_hold)
         .context("FAULT_PANIC / FAULT_HOLD")?;
     if fault::install(faults) {
@@ -594,17 +594,6 @@ async fn authorize(api: &BotApi) -> anyhow::Result<crate::telegram::client::Me> 
             }
         }
     }
-}
-
-/// The configuration as loaded, with where each value came from: the same
-/// layers read again from the process's environment. (The sandbox sets a
-/// few fixed settings itself; they keep the values it gave.)
-fn running_config(config: Config) -> Arc<Live> {
-    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-    let sources = Config::load_layers(&env, Some(&config.profile), &toml::Table::new())
-        .map(|(_, sources)| sources)
-        .unwrap_or_default();
-    Live::new(env, config, sources)
 }
 
 /// `SIGHUP` re-reads the configuration files, as nginx and PostgreSQL do.

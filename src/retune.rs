@@ -88,7 +88,7 @@ pub async fn follow(mut changes: watch::Receiver<Arc<Config>>, targets: Targets)
     }
 }
 
-fn apply(old: &Config, new: &Config, targets: &Targets) {
+fn apply(old: &Config, new: &Arc<Config>, targets: &Targets) {
     if new.log_level != old.log_level && !crate::logging::set_filter(&new.log_level) {
         log::warn!("LOG_LEVEL changed but logging was not set up by the daemon");
     }
@@ -120,7 +120,7 @@ fn apply(old: &Config, new: &Config, targets: &Targets) {
             );
         }
     }
-    targets.health.do_send(RetuneHealth(Arc::new(new.clone())));
+    targets.health.do_send(RetuneHealth(new.clone()));
     if new.cleanup_interval != old.cleanup_interval {
         targets.scheduler.do_send(Reschedule {
             name: "cleanup".into(),

@@ -22,7 +22,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::serve::{Served, serve};
+use crate::serve::{Running, Served, serve};
 use crate::wait::{WaitTimeout, Watched};
 
 /// How to start the fake.
@@ -127,17 +127,7 @@ pub struct FakeAi {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    system: actix_rt::System,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.system.stop();
-    }
-}
+type Inner = Running<Shared>;
 
 impl FakeAi {
     pub fn start(config: FakeAiConfig) -> std::io::Result<FakeAi> {

@@ -7,6 +7,20 @@ use std::net::SocketAddr;
 use actix_web::{App, HttpServer, web};
 use futures_util::future::LocalBoxFuture;
 
+/// A running fake: its state, where it listens, and the system that stops
+/// when the last handle goes.
+pub(crate) struct Running<S> {
+    pub shared: std::sync::Arc<S>,
+    pub addr: SocketAddr,
+    pub system: actix_rt::System,
+}
+
+impl<S> Drop for Running<S> {
+    fn drop(&mut self) {
+        self.system.stop();
+    }
+}
+
 /// A fake's server: where it listens and the system to stop it with.
 pub(crate) struct Served {
     pub addr: SocketAddr,

@@ -163,6 +163,22 @@ impl Live {
         Ok(Live::new(env, config, sources))
     }
 
+    /// Live for a configuration loaded (and perhaps adjusted, as the
+    /// sandbox adjusts a few fixed settings) from the process's environment:
+    /// the sources are those of the same layers read again.
+    pub fn for_loaded(config: Config) -> Arc<Live> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let sources = Config::load_layers(&env, Some(&config.profile), &toml::Table::new())
+            .map(|(_, sources)| sources)
+            .unwrap_or_default();
+        Live::new(env, config, sources)
+    }
+
+    /// The keys the profile `name` sets, as a re-read would find them.
+    pub fn profile_table(&self, name: &str) -> Result<toml::Table, ConfigError> {
+        Config::profile_table(&self.env, name)
+    }
+
     pub fn current(&self) -> Arc<Config> {
         self.sender.borrow().clone()
     }

@@ -70,10 +70,11 @@ pub async fn set(ops: web::Data<Ops>, body: web::Bytes) -> HttpResponse {
 
 /// The profiles and what each sets.
 pub async fn profiles(ops: web::Data<Ops>) -> HttpResponse {
-    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let profiles: Vec<_> = Config::profiles()
         .map(|name| {
-            let settings = Config::profile_table(&env, name)
+            let settings = ops
+                .live
+                .profile_table(name)
                 .map(|table| serde_json::to_value(table).unwrap_or_default())
                 .unwrap_or_else(|err| json!({"error": err.to_string()}));
             json!({"name": name, "settings": settings})

@@ -29,7 +29,7 @@ pub use state::{
     UploadedFile, WebhookInfo,
 };
 
-use crate::serve::{Served, serve};
+use crate::serve::{Running, Served, serve};
 use crate::wait::{WaitTimeout, Watched};
 use server::Shared;
 
@@ -71,17 +71,7 @@ pub struct FakeTelegram {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    system: actix_rt::System,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.system.stop();
-    }
-}
+type Inner = Running<Shared>;
 
 impl FakeTelegram {
     /// Starts the server on its own threads and returns once it listens.
