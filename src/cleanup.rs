@@ -2,10 +2,11 @@
 //! answered inbox rows past their retention, finished jobs, and temporary
 //! files older than `TEMP_FILE_MAX_AGE`, expired in-process cache entries
 //! (Redis expires its own), and logs what it freed. `POST /cleanup` and
-//! `/admin_cleanup` run it on demand.
+//! `/admin_cleanup` run it on demand ([`Cleanup::on_demand`]), and then
+//! also retire the sessions idle for [`ON_DEMAND_IDLE`], saving them.
 //!
-//! Expiring user states is not here: the session registry retires idle
-//! sessions itself.
+//! Expiring user states past `USER_STATE_TIMEOUT` is not here: the session
+//! registry retires idle sessions itself.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +16,11 @@ use actorbot_actors::scheduler::Schedule;
 
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::router::Sessions;
 use crate::storage::{Storage, now_millis};
+
+/// A cleanup asked for on demand retires the sessions idle this long.
+pub const ON_DEMAND_IDLE: Duration = Duration::from_secs(60);
 
 /// What one run freed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -50,6 +55,7 @@ pub struct Cleanup {
     pub config: tokio::sync::watch::Receiver<Arc<Config>>,
     pub storage: Storage,
     pub caches: Vec<Arc<Cache>>,
+    pub sessions: Sessions,
 }
 
 impl Cleanup {
@@ -67,6 +73,16 @@ impl Cleanup {
             )
             .await?
         })
+    }
+}
+
+impl Cleanup {
+    /// A run asked for by an operator or an admin: the periodic one, and
+    /// the sessions idle for [`ON_DEMAND_IDLE`] retired (and saved).
+    pub async fn on_demand(&self) -> anyhow::Result<Freed> {
+        let mut freed = self.run().await?;
+        freed.sessions_retired = self.sessions.retire_idle_for(ON_DEMAND_IDLE);
+        Ok(freed)
     }
 }
 

@@ -6,11 +6,17 @@
 //! router, replay what the inbox holds unfinished, then the cleanup
 //! scheduler, the HTTP server and last intake.
 //!
+//! In a cluster ([`crate::cluster`]) every instance starts the same way up
+//! to the HTTP server, then waits for the leader lease: only the leader
+//! resumes PDF jobs, replays the inbox and starts intake. A leader that
+//! loses the lease exits at once, writing nothing more.
+//!
 //! Stop (SIGTERM or SIGINT), all within `shutdown_timeout`: intake first, so
 //! nothing new comes in and the last offset is confirmed; the sessions
 //! handle what they hold, save their state and stop; the outbox delivers
-//! what is queued; the journal writes the last done marks; then the HTTP
-//! server stops.
+//! what is queued; the journal writes the last done marks; a cluster's
+//! leader gives the lease up, for a standby to take it at once; then the
+//! HTTP server stops.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -27,6 +33,8 @@ use crate::ai::{AiPool, Assistant};
 use crate::bot::commands;
 use crate::cache::Cache;
 use crate::cleanup;
+use crate::cluster::elector::{Elector, Release};
+use crate::cluster::{LeaseLost, Role};
 use crate::config::Config;
 use crate::config::live::{Live, Origin};
 use crate::health::HealthChecker;
@@ -41,7 +49,7 @@ use crate::pdf::jobs::{PdfJobs, ResumeJobs, StopJobs};
 use crate::retune;
 use crate::router::{Replay, Router, Sessions, StopIntake};
 use crate::session::{AdminDeps, Documents, Session, SessionDeps};
-use crate::storage::Storage;
+use crate::storage::{Fence, Storage};
 use crate::telegram::outbox::{GlobalLimit, Limits, Outbox};
 use crate::telegram::params::{DeleteWebhookParams, SetMyCommandsParams, SetWebhookParams};
 use crate::telegram::update::RawUpdate;
@@ -68,6 +76,15 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         .await
         .context("cannot open the database")?;
     log::info!("storage: {}", storage.describe());
+    // In a cluster every write carries the leader's token: set before the
+    // storage is handed to anyone.
+    let fence = config
+        .cluster
+        .then(|| Arc::new(Fence::new(config.instance_name())));
+    let storage = match &fence {
+        Some(fence) => storage.fenced(fence.clone()),
+        None => storage,
+    };
     let temp_dir = config.temp_dir();
     std::fs::create_dir_all(&temp_dir)
         .with_context(|| format!("cannot create {}", temp_dir.display()))?;
@@ -97,6 +114,20 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
 
     let (tree, gave_up) = supervision_tree(&config);
     let root = tree.root();
+    let cluster = fence.map(|fence| {
+        log::info!(
+            "cluster: {} stands by for the leader lease (CLUSTER_LEASE_TTL={} s)",
+            fence.holder(),
+            config.cluster_lease_ttl
+        );
+        let (elector, roles) = Elector::new(
+            storage.clone(),
+            fence,
+            Config::secs(config.cluster_lease_ttl),
+        );
+        let elector = tree.start(root, "cluster", &Arbiter::current(), move |_| elector);
+        (elector, roles)
+    });
     // Sessions run on these arbiters, each with an outbox shard beside
     // them: a session's replies reach the outbox without crossing threads.
     let arbiters: Vec<Arbiter> = (0..config.user_arbiters())
@@ -224,12 +255,6 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
     let router = tree.start(root, "router", &Arbiter::current(), move |_| {
         Router::new(router_parts.0, router_parts.1)
     });
-    match pdf.send(ResumeJobs).await {
-        Ok(0) => {}
-        Ok(resumed) => log::info!("resumed {resumed} PDF jobs of the previous run"),
-        Err(err) => log::warn!("could not resume PDF jobs: {err}"),
-    }
-    replay(&storage, &router).await?;
 
     let scheduler = tree.start(root, "scheduler", &Arbiter::current(), |_| Scheduler::new());
     let guard = {
@@ -245,6 +270,7 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         config: live.subscribe(),
         storage: storage.clone(),
         caches: vec![cache.clone(), image_cache.clone()],
+        sessions: sessions.clone(),
     };
     let schedule = cleanup::schedule(cleanup.clone(), config.cleanup_interval());
     if config.summary_interval > 0.0 {
@@ -276,7 +302,14 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
             ("images", images.clone().recipient()),
             ("scheduler", scheduler.clone().recipient()),
             ("memory", guard.clone().recipient()),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            cluster
+                .as_ref()
+                .map(|(elector, _)| ("cluster", elector.clone().recipient())),
+        )
+        .collect(),
         intake: Default::default(),
         sessions: sessions.clone(),
         storage: storage.clone(),
@@ -287,6 +320,7 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
             .then(|| Arc::new(std::sync::atomic::AtomicBool::new(false))),
         tree: tree.clone(),
         memory: memory.clone(),
+        cluster: cluster.clone(),
     };
     let health = {
         let checker = HealthChecker::new(
@@ -319,6 +353,8 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
             global: global.clone(),
             ai: ai_pool.clone(),
             ai_cache: cache.clone(),
+            images: images.clone(),
+            pdf: pdf.clone(),
             sessions: sessions.clone(),
             health: health.clone(),
             scheduler: scheduler.clone(),
@@ -329,7 +365,6 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         health: health.clone(),
         live: live.clone(),
         cleanup,
-        sessions: sessions.clone(),
         undo: Arc::default(),
         stallable: config.debug_endpoints.then(|| journal.clone()),
     };
@@ -355,6 +390,24 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
             config.http_addr
         );
     }
+
+    // A standby waits here for the lease; SIGTERM ends it as it stands.
+    if let Some((_, roles)) = &cluster {
+        tokio::select! {
+            () = role_reached(roles.clone(), |role| matches!(role, Role::Leader { .. })) => {}
+            signal = wait_for_signal() => {
+                log::info!("{signal} received while standing by, shutting down");
+                server_handle.stop(true).await;
+                return Ok(());
+            }
+        }
+    }
+    match pdf.send(ResumeJobs).await {
+        Ok(0) => {}
+        Ok(resumed) => log::info!("resumed {resumed} PDF jobs of the previous run"),
+        Err(err) => log::warn!("could not resume PDF jobs: {err}"),
+    }
+    replay(&storage, &router).await?;
 
     let poller = if config.webhook_enabled() {
         let params = SetWebhookParams::builder()
@@ -396,10 +449,25 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         Some(poller)
     };
 
+    let deposed = async {
+        match &cluster {
+            Some((_, roles)) => role_reached(roles.clone(), |role| role == Role::Deposed).await,
+            None => std::future::pending().await,
+        }
+    };
     let ended = tokio::select! {
         signal = wait_for_signal() => {
             log::info!("{signal} received, shutting down");
             None
+        }
+        () = deposed => {
+            // Nothing more may be written: stop now, as a crash would, and
+            // let the service manager start this instance as a standby.
+            return Err(LeaseLost(format!(
+                "another instance leads now; exiting with status {}",
+                LeaseLost::EXIT_STATUS
+            ))
+            .into());
         }
         () = gave_up.notified() => {
             let reason = tree.given_up();
@@ -461,6 +529,9 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         .is_err()
     {
         log::warn!("shutdown deadline reached while the journal was being written");
+    }
+    if let Some((elector, _)) = &cluster {
+        let _ = tokio::time::timeout_at(deadline.into(), elector.send(Release)).await;
     }
     // Within the deadline: a container's stop timeout is set from it.
     let stopped = async {
@@ -573,6 +644,14 @@ async fn replay(storage: &Storage, router: &Addr<Router>) -> anyhow::Result<()> 
         .context("the router is unavailable")?
         .context("replay failed")?;
     Ok(())
+}
+
+/// Returns once the cluster role satisfies `reached`.
+async fn role_reached(mut roles: watch::Receiver<Role>, reached: impl Fn(Role) -> bool) {
+    if roles.wait_for(|role| reached(*role)).await.is_err() {
+        // The elector is gone for good: its role cannot change any more.
+        std::future::pending::<()>().await;
+    }
 }
 
 /// getMe until it answers. A refused token ends the start; anything else

@@ -8,6 +8,7 @@ pub mod bot;
 pub mod bucket;
 pub mod cache;
 pub mod cleanup;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod dashboard;

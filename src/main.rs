@@ -196,9 +196,12 @@ fn serve(config: Config, extra: Option<actorbot::http::Extra>) -> ExitCode {
         Err(err) => {
             log::error!("{err:#}");
             eprintln!("actorbot: {err:#}");
+            use actorbot::cluster::LeaseLost;
             use actorbot::daemon::SupervisionGaveUp;
             if err.downcast_ref::<SupervisionGaveUp>().is_some() {
                 ExitCode::from(SupervisionGaveUp::EXIT_STATUS)
+            } else if err.downcast_ref::<LeaseLost>().is_some() {
+                ExitCode::from(LeaseLost::EXIT_STATUS)
             } else {
                 ExitCode::FAILURE
             }

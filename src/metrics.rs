@@ -314,6 +314,28 @@ pub fn counters_json() -> serde_json::Value {
     serde_json::Value::Object(out)
 }
 
+/// This instance's role in a cluster: 1 while it leads, 0 otherwise.
+pub static CLUSTER_ROLE: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "cluster_role",
+            "1 while this instance holds the cluster's leader lease, 0 otherwise",
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Times this instance took the lease over from another (or after one).
+pub static CLUSTER_FAILOVERS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "cluster_failovers_total",
+            "Times this instance took the leader lease after another instance had held it",
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// Renders every metric in the Prometheus text format.
 pub fn render() -> String {
     let mut buffer = Vec::new();

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use actix::Addr;
+use actix::{Addr, Message};
 use actorbot_actors::scheduler::{Reschedule, Scheduler};
 use tokio::sync::watch;
 
@@ -19,6 +19,8 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::health::HealthChecker;
 use crate::health::checker::Retune as RetuneHealth;
+use crate::images::ImagePool;
+use crate::pdf::jobs::PdfJobs;
 use crate::router::Sessions;
 use crate::session::Policy;
 use crate::telegram::outbox::{GlobalLimit, Limits, Outbox, SetLimits};
@@ -65,6 +67,14 @@ pub fn ai_settings(config: &Config) -> (Backend, PoolLimits) {
     (backend, limits)
 }
 
+/// A document pool's new size: its workers and how many jobs may wait.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct Resize {
+    pub workers: usize,
+    pub queue_capacity: usize,
+}
+
 /// Who holds which settings.
 pub struct Targets {
     pub bot_username: String,
@@ -73,6 +83,8 @@ pub struct Targets {
     pub global: Arc<GlobalLimit>,
     pub ai: Addr<AiPool>,
     pub ai_cache: Arc<Cache>,
+    pub images: Addr<ImagePool>,
+    pub pdf: Addr<PdfJobs>,
     pub sessions: Sessions,
     pub health: Addr<HealthChecker>,
     pub scheduler: Addr<Scheduler>,
@@ -107,6 +119,21 @@ fn apply(old: &Config, new: &Arc<Config>, targets: &Targets) {
         limits: pool,
     });
     targets.ai_cache.set_ttl(Config::secs(new.ai_cache_ttl));
+    if (new.worker_threads(), new.image_queue_size) != (old.worker_threads(), old.image_queue_size)
+    {
+        targets.images.do_send(Resize {
+            workers: new.worker_threads(),
+            queue_capacity: new.image_queue_size,
+        });
+    }
+    if (new.pdf_semaphore_limit, new.pdf_queue_size)
+        != (old.pdf_semaphore_limit, old.pdf_queue_size)
+    {
+        targets.pdf.do_send(Resize {
+            workers: new.pdf_semaphore_limit,
+            queue_capacity: new.pdf_queue_size,
+        });
+    }
     if new.user_state_timeout != old.user_state_timeout
         || new.max_user_states != old.max_user_states
     {

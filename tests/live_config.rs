@@ -502,3 +502,73 @@ async fn a_suggestion_appears_when_provoked_and_optimize_applies_it_and_undo_res
         .await;
     assert_eq!(status, 409, "a second undo has nothing to undo");
 }
+
+/// Waits until the daemon runs `count` threads of the pool `prefix`.
+async fn wait_for_workers(app: &TestApp, prefix: &str, count: usize) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while app.worker_threads(prefix) != count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{prefix}: {} worker threads, not {count}",
+            app.worker_threads(prefix)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn the_document_pools_grow_and_shrink_while_running() {
+    let ai = fake_ai();
+    let (pdf, images) = (1, 1);
+    let app = with_admin(&ai)
+        .env("PDF_SEMAPHORE_LIMIT", pdf)
+        .env("THREAD_POOL_SIZE", images)
+        .start()
+        .await;
+    wait_for_workers(&app, "pdf", pdf).await;
+    wait_for_workers(&app, "images", images).await;
+
+    let (pdf, images, queue) = (3, 2, 7);
+    let (status, body) = app
+        .send_json(
+            "PUT",
+            "/config",
+            Some(TOKEN),
+            json!({"pdf_semaphore_limit": pdf, "thread_pool_size": images, "pdf_queue_size": queue}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_workers(&app, "pdf", pdf).await;
+    wait_for_workers(&app, "images", images).await;
+    let actors = get(&app, "/actors").await;
+    let node = common::find_node(&actors, "pdf").expect("the pdf actor");
+    assert_eq!(node["mailbox"]["capacity"], queue, "{node}");
+
+    // Shrunk again, the pool still renders.
+    let pdf = 1;
+    let (status, body) = app
+        .send_json(
+            "PUT",
+            "/config",
+            Some(TOKEN),
+            json!({"pdf_semaphore_limit": pdf}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_workers(&app, "pdf", pdf).await;
+    let user = 40_001;
+    app.tg.inject_text(user, "Hello");
+    app.tg
+        .wait_for_messages(user, 1, WAIT)
+        .await
+        .expect("an answer");
+    app.tg.inject_text(user, "/report");
+    app.tg
+        .wait_until(WAIT, |s| {
+            s.messages_to(user)
+                .iter()
+                .any(|m| m.method == "sendDocument")
+        })
+        .await
+        .expect("the report is delivered");
+}

@@ -216,6 +216,76 @@ async fn postgres_storage() {
     assert_eq!(storage.backend(), "postgres");
 }
 
+/// The leader lease and its fencing token: a write by an instance whose
+/// lease has passed to another is refused, the new holder's goes through,
+/// and the cleanup's purges are not fenced.
+#[actix_rt::test]
+async fn a_deposed_leaders_writes_are_refused_by_the_fencing_token() {
+    use actorbot::storage::{Fence, StorageError};
+    use std::sync::Arc;
+    let Some(db) = PgDatabase::create("fencing") else {
+        return;
+    };
+    let config = test_config(&[("DATABASE_URL", db.url.clone())]);
+    let plain = Storage::open(&config).await.unwrap();
+    let (fence_a, fence_b) = (
+        Arc::new(Fence::new("a".into())),
+        Arc::new(Fence::new("b".into())),
+    );
+    let a = plain.clone().fenced(fence_a.clone());
+    let b = plain.clone().fenced(fence_b.clone());
+    // Without a token nothing is written.
+    assert!(matches!(
+        a.inbox_journal(vec![row(1)], vec![]).await,
+        Err(StorageError::Fenced { token: 0 })
+    ));
+    let ttl_ms = 300;
+    let token_a = plain
+        .lease_acquire("a", ttl_ms)
+        .await
+        .unwrap()
+        .expect("free");
+    fence_a.set(token_a);
+    assert_eq!(
+        plain.lease_acquire("b", ttl_ms).await.unwrap(),
+        None,
+        "held by a"
+    );
+    assert!(plain.lease_renew("a", token_a, ttl_ms).await.unwrap());
+    a.inbox_journal(vec![row(1), row(2)], vec![]).await.unwrap();
+
+    // a stops renewing (a partition); once its lease has ended b takes it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let token_b = loop {
+        if let Some(token) = plain.lease_acquire("b", ttl_ms).await.unwrap() {
+            break token;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(token_b > token_a);
+    fence_b.set(token_b);
+    // a, still believing it leads, can neither journal nor mark done.
+    assert!(matches!(
+        a.inbox_journal(vec![row(3)], vec![1]).await,
+        Err(StorageError::Fenced { .. })
+    ));
+    assert!(!plain.lease_renew("a", token_a, ttl_ms).await.unwrap());
+    assert_eq!(pending_ids(&plain).await, vec![1, 2]);
+    b.inbox_journal(vec![row(3)], vec![1]).await.unwrap();
+    assert_eq!(pending_ids(&plain).await, vec![2, 3]);
+    // Purges are any instance's to make.
+    assert!(a.inbox_purge_done(now_millis() + 1).await.is_ok());
+    // A release ends the lease at once.
+    assert!(plain.lease_release("b", token_b).await.unwrap());
+    assert!(plain.lease_acquire("a", ttl_ms).await.unwrap().is_some());
+    let lease = plain.lease_read().await.unwrap().expect("a lease");
+    assert_eq!(lease.holder, "a");
+}
+
 #[actix_rt::test]
 async fn an_unreachable_database_is_a_clear_error_without_the_password() {
     let config = test_config(&[(

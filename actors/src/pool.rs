@@ -20,6 +20,12 @@
 //! can also ask for another attempt by returning [`Failure::Retry`]; that does
 //! not need a new thread, so the worker requeues it itself.
 //!
+//! [`WorkerPool::resize`] changes the number of workers and the queue's
+//! capacity while the pool runs: new workers start at once, surplus ones
+//! finish the job they hold and then exit, and a smaller queue refuses new
+//! jobs until it has drained below its capacity; nothing waiting is
+//! dropped.
+//!
 //! Requires `panic = "unwind"` (the default): with `abort` a panicking job
 //! ends the process.
 
@@ -197,7 +203,12 @@ impl WorkerPool {
                 jobs: BTreeMap::new(),
                 closed: false,
                 next_id: 0,
+                capacity: config.queue_capacity,
+                target: config.workers,
+                live: config.workers,
+                next_index: config.workers,
             }),
+            reports: deaths.clone(),
             ready: Condvar::new(),
             busy: AtomicUsize::new(0),
             completed: AtomicU64::new(0),
@@ -221,6 +232,32 @@ impl WorkerPool {
         Ok(WorkerPool { handle: owner })
     }
 
+    /// Changes the number of workers and the queue's capacity. Workers
+    /// added start now; surplus ones exit once they have finished their
+    /// job; jobs already waiting stay even past a smaller capacity.
+    pub fn resize(&self, workers: usize, queue_capacity: usize) {
+        let shared = &self.handle.shared;
+        let mut queue = shared.lock();
+        queue.capacity = queue_capacity;
+        queue.target = workers.max(1);
+        if queue.closed {
+            return;
+        }
+        let grow = queue.target.saturating_sub(queue.live);
+        let first = queue.next_index;
+        queue.live += grow;
+        queue.next_index += grow;
+        drop(queue);
+        for index in first..first + grow {
+            if let Err(e) = start_worker(shared, index, shared.reports.clone()) {
+                log::error!("{}-{index} could not be started: {e}", shared.config.name);
+                shared.lock().live -= 1;
+            }
+        }
+        // Idle workers past the new number wake up to exit.
+        shared.ready.notify_all();
+    }
+
     /// Queues `job` at `priority`, or refuses it at once if the queue is full.
     ///
     /// `job` runs on a worker thread, possibly several times (see the module
@@ -240,9 +277,9 @@ impl WorkerPool {
         if queue.closed {
             return Err(SubmitError::Closed);
         }
-        if queue.jobs.len() >= shared.config.queue_capacity {
+        if queue.jobs.len() >= queue.capacity {
             return Err(SubmitError::Busy {
-                capacity: shared.config.queue_capacity,
+                capacity: queue.capacity,
             });
         }
         let id = JobId(queue.next_id);
@@ -274,7 +311,7 @@ impl WorkerPool {
         let queue = shared.lock();
         let ahead = queue.jobs.values().position(|job| job.id == id)?;
         let mean = shared.mean_job_us.load(Ordering::Relaxed);
-        let rounds = (ahead / shared.config.workers) as u64 + 1;
+        let rounds = (ahead / queue.target.max(1)) as u64 + 1;
         Some(Position {
             ahead,
             queued: queue.jobs.len(),
@@ -298,12 +335,15 @@ impl WorkerPool {
     /// Current figures.
     pub fn stats(&self) -> PoolStats {
         let shared = &self.handle.shared;
-        let queued = shared.lock().jobs.len();
+        let (queued, workers, capacity) = {
+            let queue = shared.lock();
+            (queue.jobs.len(), queue.live, queue.capacity)
+        };
         PoolStats {
-            workers: shared.config.workers,
+            workers,
             busy: shared.busy.load(Ordering::Relaxed),
             queued,
-            capacity: shared.config.queue_capacity,
+            capacity,
             completed: shared.completed.load(Ordering::Relaxed),
             failed: shared.failed.load(Ordering::Relaxed),
             retried: shared.retried.load(Ordering::Relaxed),
@@ -356,6 +396,8 @@ impl Drop for Owner {
 
 struct Shared {
     queue: Mutex<Queue>,
+    /// Where workers started by [`WorkerPool::resize`] report.
+    reports: mpsc::Sender<Report>,
     /// Signalled when a job is queued or the pool closes.
     ready: Condvar,
     busy: AtomicUsize,
@@ -372,6 +414,14 @@ struct Queue {
     jobs: BTreeMap<(Reverse<Priority>, JobId), Job>,
     closed: bool,
     next_id: u64,
+    /// How many jobs may wait.
+    capacity: usize,
+    /// How many workers are wanted.
+    target: usize,
+    /// Worker threads running (or being restarted after a panic).
+    live: usize,
+    /// Names the next worker started.
+    next_index: usize,
 }
 
 struct Job {
@@ -393,14 +443,20 @@ impl Shared {
         self.ready.notify_all();
     }
 
-    /// The next job, waiting for one; `None` when closed and drained.
+    /// The next job, waiting for one; `None` when this worker is to exit:
+    /// the pool is closed and drained, or has more workers than wanted.
     fn next_job(&self) -> Option<Job> {
         let mut queue = self.lock();
         loop {
+            if queue.live > queue.target {
+                queue.live -= 1;
+                return None;
+            }
             if let Some((_, job)) = queue.jobs.pop_first() {
                 return Some(job);
             }
             if queue.closed {
+                queue.live -= 1;
                 return None;
             }
             queue = self
@@ -515,7 +571,8 @@ enum Report {
         job: Job,
         message: String,
     },
-    /// The pool closed and the queue is empty; the worker thread has ended.
+    /// The pool closed and the queue is empty, or the pool has fewer
+    /// workers now; the worker thread has ended.
     Exited,
 }
 
@@ -575,13 +632,12 @@ fn work(shared: &Shared, index: usize, reports: &mpsc::Sender<Report>) {
 /// The supervisor's life: restart dead workers and decide their jobs' fate;
 /// return when every worker has exited.
 fn supervise(shared: Arc<Shared>, reports: mpsc::Receiver<Report>, deaths: mpsc::Sender<Report>) {
-    let mut running = shared.config.workers;
-    while running > 0 {
+    while shared.lock().live > 0 {
         let Ok(report) = reports.recv() else {
             return;
         };
         match report {
-            Report::Exited => running -= 1,
+            Report::Exited => {}
             Report::Died {
                 index,
                 mut job,
@@ -603,7 +659,7 @@ fn supervise(shared: Arc<Shared>, reports: mpsc::Receiver<Report>, deaths: mpsc:
                 }
                 if let Err(e) = start_worker(&shared, index, deaths.clone()) {
                     log::error!("{}-{index} could not be restarted: {e}", shared.config.name);
-                    running -= 1;
+                    shared.lock().live -= 1;
                 }
             }
         }
@@ -687,6 +743,76 @@ mod tests {
         let order = order.lock().unwrap_or_else(PoisonError::into_inner).clone();
         assert_eq!(order, ["high-1", "high-2", "mid", "low-1", "low-2"]);
         assert_eq!(pool.stats().completed, 6);
+    }
+
+    /// Waits for a condition on another thread's progress, up to 10 s.
+    fn eventually(mut what: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if what() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn grows_and_shrinks_while_running_and_drops_nothing() {
+        let pool = pool(1, 8, 1);
+        // Grown to three workers, three jobs run at the same time: each
+        // waits for the other two at a barrier.
+        pool.resize(3, 8);
+        let barrier = Arc::new(std::sync::Barrier::new(3));
+        let together: Vec<_> = (0..3)
+            .map(|_| {
+                let barrier = Arc::clone(&barrier);
+                pool.submit(0, move || {
+                    barrier.wait();
+                    Ok::<_, Failure<()>>(())
+                })
+                .expect("accepted")
+            })
+            .collect();
+        for handle in together {
+            assert!(handle.await.is_ok());
+        }
+        assert_eq!(pool.stats().workers, 3);
+
+        // Shrunk to one worker and a queue of one while five jobs are held
+        // (three running, at least two waiting): all five still run, and a
+        // sixth is refused until the queue drains.
+        let gate = Arc::new(Mutex::new(()));
+        let held = gate.lock().unwrap_or_else(PoisonError::into_inner);
+        let waiting: Vec<_> = (0..5)
+            .map(|i| {
+                let gate = Arc::clone(&gate);
+                pool.submit(0, move || {
+                    drop(gate.lock().unwrap_or_else(PoisonError::into_inner));
+                    Ok::<_, Failure<()>>(i)
+                })
+                .expect("accepted")
+            })
+            .collect();
+        pool.resize(1, 1);
+        assert_eq!(
+            pool.submit(0, || Ok::<_, Failure<()>>(9)).err(),
+            Some(SubmitError::Busy { capacity: 1 })
+        );
+        drop(held);
+        for (i, handle) in waiting.into_iter().enumerate() {
+            assert_eq!(handle.await.ok(), Some(i));
+        }
+        assert!(
+            eventually(|| pool.stats().workers == 1),
+            "{:?}",
+            pool.stats()
+        );
+        assert_eq!(pool.stats().capacity, 1);
+        let after = pool
+            .submit(0, || Ok::<_, Failure<()>>(7))
+            .expect("accepted");
+        assert_eq!(after.await.ok(), Some(7));
     }
 
     #[tokio::test]

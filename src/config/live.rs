@@ -64,6 +64,11 @@ pub const TUNABLE: &[&str] = &[
     "draft_interval",
     "edit_interval",
     "typing_interval",
+    // The document pools: workers and queues.
+    "thread_pool_size",
+    "image_queue_size",
+    "pdf_semaphore_limit",
+    "pdf_queue_size",
     // Sessions.
     "user_state_timeout",
     "max_user_states",

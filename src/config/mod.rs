@@ -129,6 +129,10 @@ pub struct Config {
     pub sqlite_max_size_mb: u64,
     pub redis_url: SecretUrl,
 
+    pub cluster: bool,
+    pub cluster_lease_ttl: f64,
+    pub instance_id: String,
+
     pub ai_api_url: String,
     pub ai_api_key: Secret,
     pub ai_model: String,
@@ -420,6 +424,27 @@ impl Config {
                 "expected normal, full or extra",
             ));
         }
+        if self.cluster {
+            let url = self.database_url.expose();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(invalid(
+                    "cluster",
+                    "needs DATABASE_URL=postgres://…: the instances share the inbox and the leader lease in PostgreSQL",
+                ));
+            }
+            if self.webhook_enabled() {
+                return Err(invalid(
+                    "cluster",
+                    "works with long polling only: unset WEBHOOK_URL",
+                ));
+            }
+            if !(self.cluster_lease_ttl >= 1.0 && self.cluster_lease_ttl <= 300.0) {
+                return Err(invalid(
+                    "cluster_lease_ttl",
+                    "expected seconds from 1 to 300",
+                ));
+            }
+        }
         if self.db_pool_min_size > self.db_pool_max_size {
             return Err(invalid(
                 "db_pool_min_size",
@@ -518,6 +543,18 @@ impl Config {
         } else {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         }
+    }
+
+    /// This instance's name in a cluster: `INSTANCE_ID`, or host name and
+    /// process id.
+    pub fn instance_name(&self) -> String {
+        if !self.instance_id.is_empty() {
+            return self.instance_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "actorbot".into());
+        format!("{host}-{}", std::process::id())
     }
 
     pub fn webhook_enabled(&self) -> bool {

@@ -142,7 +142,7 @@ pub fn suggest(before: &Figures, now: &Figures, config: &Config) -> Vec<Suggesti
             current * 2,
             format!(
                 "{images:.0} photos were refused with the image queue full; more worker threads \
-                 (now {current}) take more at once (needs a restart)"
+                 (now {current}) take more at once"
             ),
         ));
     }
@@ -157,7 +157,7 @@ pub fn suggest(before: &Figures, now: &Figures, config: &Config) -> Vec<Suggesti
             current * 2,
             format!(
                 "{pdfs:.0} PDF jobs were refused with the queue full; more PDF workers \
-                 (now {current}) take more at once (needs a restart)"
+                 (now {current}) take more at once"
             ),
         ));
     }

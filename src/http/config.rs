@@ -8,8 +8,6 @@
 //! token: with none configured these answer 403 saying how to enable them,
 //! so that a daemon is never reconfigurable by whoever reaches its port.
 
-use std::time::Duration;
-
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
@@ -18,9 +16,6 @@ use crate::config::Config;
 use crate::config::live::{Applied, Origin, Refused};
 use crate::health::checker::GetSuggestions;
 use crate::health::suggest::{WINDOW, to_apply};
-
-/// Sessions idle this long are retired by a cleanup asked for on demand.
-pub const CLEANUP_IDLE_SESSIONS: Duration = Duration::from_secs(60);
 
 /// 403 while no admin token is configured.
 fn refuse_without_token(ops: &Ops) -> Option<HttpResponse> {
@@ -103,9 +98,8 @@ pub async fn cleanup(ops: web::Data<Ops>) -> HttpResponse {
     if let Some(refused) = refuse_without_token(&ops) {
         return refused;
     }
-    match ops.cleanup.run().await {
-        Ok(mut freed) => {
-            freed.sessions_retired = ops.sessions.retire_idle_for(CLEANUP_IDLE_SESSIONS);
+    match ops.cleanup.on_demand().await {
+        Ok(freed) => {
             log::info!("cleanup (POST /cleanup): {freed}");
             HttpResponse::Ok().json(freed)
         }

@@ -23,13 +23,16 @@ pub mod ops;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix::Recipient;
+use actix::{Addr, Recipient};
 use actix_web::{App, HttpResponse, HttpServer, dev::Server, web};
 use actorbot_actors::probe::{Health, MailboxFigures, Probe, ProbeReport, probe_all};
 use actorbot_actors::supervisor::{NodeReport, Tree};
 use serde_json::json;
+use tokio::sync::watch;
 
 use crate::cache::Cache;
+use crate::cluster::Role;
+use crate::cluster::elector::{Elector, GetCluster};
 use crate::config::Config;
 use crate::health::memory::MemoryGauge;
 use crate::intake::Incoming;
@@ -69,6 +72,8 @@ pub struct Observed {
     pub tree: Tree,
     /// Memory against `MEMORY_LIMIT_MB`.
     pub memory: MemoryGauge,
+    /// In a cluster, the elector and the role it has reached.
+    pub cluster: Option<(Addr<Elector>, watch::Receiver<Role>)>,
 }
 
 impl Observed {
@@ -119,6 +124,15 @@ impl Observed {
     /// no actor; the HTTP server answering is its liveness).
     pub async fn intake_state(&self) -> (Health, serde_json::Value) {
         let poller = self.intake.lock().ok().and_then(|i| i.clone());
+        if let Some((_, roles)) = &self.cluster {
+            let role = *roles.borrow();
+            if poller.is_none() && role == Role::Standby {
+                return (
+                    Health::Healthy,
+                    json!({"mode": "polling", "role": "standby", "health": "standby: the leader polls"}),
+                );
+            }
+        }
         let Some(poller) = poller else {
             return if let Some(set) = &self.webhook {
                 let health = if set.load(std::sync::atomic::Ordering::Acquire) {
@@ -403,10 +417,18 @@ fn status_word(health: &Health) -> &'static str {
 }
 
 async fn health(observed: web::Data<Observed>) -> HttpResponse {
-    let (reports, (db_health, db), dead_letters) = tokio::join!(
+    let cluster = async {
+        let (elector, _) = observed.cluster.as_ref()?;
+        tokio::time::timeout(DB_DEADLINE, elector.send(GetCluster))
+            .await
+            .ok()?
+            .ok()
+    };
+    let (reports, (db_health, db), dead_letters, cluster) = tokio::join!(
         observed.probe(),
         observed.database(),
-        tokio::time::timeout(DB_DEADLINE, observed.storage.dead_letters_count())
+        tokio::time::timeout(DB_DEADLINE, observed.storage.dead_letters_count()),
+        cluster
     );
     let dead_letters = dead_letters.ok().and_then(Result::ok);
     let (cache_health, cache) = observed.cache_state();
@@ -436,6 +458,7 @@ async fn health(observed: web::Data<Observed>) -> HttpResponse {
         },
         "dependencies": {"database": db, "cache": cache},
         "dead_letters": dead_letters,
+        "cluster": cluster,
     });
     let mut response = match overall {
         Health::Unhealthy(_) => HttpResponse::ServiceUnavailable(),

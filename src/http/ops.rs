@@ -18,7 +18,6 @@ use crate::config::live::Live;
 use crate::config::{Config, Secret};
 use crate::health::{GetHistory, GetStatus, HealthChecker};
 use crate::journal::{Journal, Stall};
-use crate::router::Sessions;
 
 /// What these endpoints read from, besides [`Observed`].
 #[derive(Clone)]
@@ -28,7 +27,6 @@ pub struct Ops {
     /// [`super::config`].
     pub live: Arc<Live>,
     pub cleanup: Cleanup,
-    pub sessions: Sessions,
     /// The run-time values an optimization replaced, for its undo.
     pub undo: Arc<std::sync::Mutex<Option<toml::Table>>>,
     /// Present when `DEBUG_ENDPOINTS` is on.

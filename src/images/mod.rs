@@ -24,6 +24,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::health::memory::MemoryGauge;
 use crate::metrics;
+use crate::retune::Resize;
 use crate::telegram::{BotApi, Endpoint, TelegramError};
 use process::{ImageError, ImageLimits, ProcessedImage};
 
@@ -196,6 +197,19 @@ impl Handler<Prepare> for ImagePool {
             cache.put(&key, encode_cached(&prepared)).await;
             Ok(Arc::new(prepared))
         })
+    }
+}
+
+impl Handler<Resize> for ImagePool {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resize, _: &mut Self::Context) {
+        self.pool.resize(msg.workers, msg.queue_capacity);
+        log::info!(
+            "image pool: {} workers, {} jobs may wait",
+            msg.workers,
+            msg.queue_capacity
+        );
     }
 }
 

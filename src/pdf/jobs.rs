@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::health::memory::MemoryGauge;
 use crate::images::{ImagePool, PhotoRef, Prepare};
 use crate::metrics;
+use crate::retune::Resize;
 use crate::storage::{JobRow, NewJob, Storage, StorageError, job_status};
 use crate::telegram::params::SendDocumentParams;
 use crate::telegram::{Request, Telegram, Upload, text_requests};
@@ -422,6 +423,19 @@ fn give_up(shared: Arc<Shared>, row: JobRow) {
             .with_label_values(&[row.kind.as_str(), "failed"])
             .inc();
     });
+}
+
+impl Handler<Resize> for PdfJobs {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resize, _: &mut Self::Context) {
+        self.shared.pool.resize(msg.workers, msg.queue_capacity);
+        log::info!(
+            "PDF pool: {} workers, {} jobs may wait",
+            msg.workers,
+            msg.queue_capacity
+        );
+    }
 }
 
 impl Handler<Probe> for PdfJobs {

@@ -41,7 +41,7 @@ impl Session {
                         _ => commands::TRY_AGAIN.to_string(),
                     }
                 }
-                "admin_cleanup" => match cleanup.run().await {
+                "admin_cleanup" => match cleanup.on_demand().await {
                     Ok(freed) => {
                         log::info!("cleanup (/admin_cleanup): {freed}");
                         format!("Cleanup done: {freed}.")

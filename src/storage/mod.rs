@@ -70,6 +70,14 @@ pub enum StorageError {
     /// One failure answered to every write of a group.
     #[error(transparent)]
     Shared(Arc<StorageError>),
+    /// A cluster's write by an instance that does not hold the leader lease
+    /// (any more): refused, so that a deposed leader changes nothing.
+    #[error(
+        "this instance does not hold the leader lease (fencing token {token}): the write was refused"
+    )]
+    Fenced { token: i64 },
+    #[error("the cluster's lease is kept in PostgreSQL: set DATABASE_URL=postgres://…")]
+    ClusterNeedsPostgres,
 }
 
 impl From<diesel::r2d2::PoolError> for StorageError {
@@ -144,7 +152,9 @@ macro_rules! upsert_user {
 }
 
 // Each table's queries in a file of their own, using the macros above.
+mod cluster;
 mod dead_letters;
+pub use cluster::{Fence, InstanceRow, LeaseRow};
 pub use dead_letters::DeadLetter;
 
 /// The figures of the connection pool.
@@ -164,6 +174,9 @@ pub struct Storage {
     writer: Option<Arc<writer::GroupWriter>>,
     description: Arc<str>,
     writes: Arc<WriteState>,
+    /// In a cluster, the leader's token, checked by every write but the
+    /// cleanup's purges.
+    fence: Option<Arc<Fence>>,
 }
 
 /// How the latest write went. A database that answers reads but refuses
@@ -368,6 +381,7 @@ impl Storage {
             threads: Arc::new(threads::DbThreads::new(threads)),
             description: format!("{description}, pool {min}..{max}").into(),
             writes: Arc::default(),
+            fence: None,
         })
     }
 
@@ -424,19 +438,40 @@ impl Storage {
             .map_err(|_| StorageError::Task("the database call panicked".into()))?
     }
 
+    /// This storage with every write (the purges excepted) fenced by the
+    /// cluster's leader token: the daemon sets it before handing the
+    /// storage to anyone.
+    pub fn fenced(mut self, fence: Arc<Fence>) -> Storage {
+        self.fence = Some(fence);
+        self
+    }
+
     /// Runs work that writes, in a transaction. On SQLite it joins the
-    /// next group commit ([`writer`]); on PostgreSQL it runs on its own.
+    /// next group commit ([`writer`]); on PostgreSQL it runs on its own,
+    /// after the fencing check in a cluster.
     async fn write<T, F>(&self, work: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
         F: FnOnce(Conn<'_>) -> Result<T, StorageError> + Send + 'static,
     {
-        let outcome = self.write_once(work).await;
+        let outcome = self.write_once(self.fence.clone(), work).await;
         self.writes.note(&outcome);
         outcome
     }
 
-    async fn write_once<T, F>(&self, work: F) -> Result<T, StorageError>
+    /// A write that any instance of a cluster may make: removing what is
+    /// past its retention.
+    async fn write_unfenced<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn<'_>) -> Result<T, StorageError> + Send + 'static,
+    {
+        let outcome = self.write_once(None, work).await;
+        self.writes.note(&outcome);
+        outcome
+    }
+
+    async fn write_once<T, F>(&self, fence: Option<Arc<Fence>>, work: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
         F: FnOnce(Conn<'_>) -> Result<T, StorageError> + Send + 'static,
@@ -444,7 +479,12 @@ impl Storage {
         let Some(writer) = &self.writer else {
             return self
                 .blocking(move |pools| match pools {
-                    Pools::Postgres(pool) => pool.get()?.transaction(|c| work(Conn::Postgres(c))),
+                    Pools::Postgres(pool) => pool.get()?.transaction(|c| {
+                        if let Some(fence) = &fence {
+                            fence.check(c)?;
+                        }
+                        work(Conn::Postgres(c))
+                    }),
                     Pools::Sqlite(pool) => {
                         pool.get()?.immediate_transaction(|c| work(Conn::Sqlite(c)))
                     }
@@ -579,7 +619,7 @@ impl Storage {
 
     /// Deletes answered rows older than `older_than` (Unix ms).
     pub async fn inbox_purge_done(&self, older_than: i64) -> Result<usize, StorageError> {
-        self.write(move |conn| {
+        self.write_unfenced(move |conn| {
             Ok(on_conn!(conn, |conn| diesel::delete(
                 inbox::table.filter(inbox::done_at.lt(older_than))
             )
@@ -790,7 +830,7 @@ impl Storage {
 
     /// Deletes finished jobs last updated before `older_than` (Unix ms).
     pub async fn jobs_purge_finished(&self, older_than: i64) -> Result<usize, StorageError> {
-        self.write(move |conn| {
+        self.write_unfenced(move |conn| {
             Ok(on_conn!(conn, |conn| diesel::delete(
                 jobs::table
                     .filter(jobs::status.eq_any([job_status::DONE, job_status::FAILED]))

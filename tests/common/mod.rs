@@ -211,6 +211,27 @@ impl TestApp {
         }
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon runs").id()
+    }
+
+    /// How many of the daemon's threads are named `{prefix}-N`: the
+    /// workers of the pool called `prefix`.
+    pub fn worker_threads(&self, prefix: &str) -> usize {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).expect("/proc");
+        tasks
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+            .filter(|name| {
+                name.trim_end()
+                    .strip_prefix(prefix)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .count()
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://{}", self.http_addr)
     }

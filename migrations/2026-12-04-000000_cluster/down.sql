@@ -1,0 +1,2 @@
+DROP TABLE cluster_instances;
+DROP TABLE cluster_lease;
