@@ -482,80 +482,119 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
     };
     // From here actors that stop are stopping on purpose.
     tree.stop();
-    let deadline = Instant::now() + config.shutdown_timeout();
-
-    // Intake first: nothing new comes in, and the last offset is confirmed.
-    if let Some(poller) = poller {
-        let _ = tokio::time::timeout_at(deadline.into(), poller.send(StopPolling)).await;
+    Shutdown {
+        poller,
+        router,
+        sessions,
+        pdf,
+        telegram,
+        done_marks,
+        journal,
+        elector: cluster.map(|(elector, _)| elector),
+        server: server_handle,
+        server_task,
+        arbiters: arbiters
+            .into_iter()
+            .chain([journal_arbiter, ai_arbiter, documents_arbiter])
+            .collect(),
     }
-    let _ = router.send(StopIntake).await;
-    // Every session handles what is in its mailbox, then saves and stops.
-    if tokio::time::timeout_at(deadline.into(), sessions.shutdown())
-        .await
-        .is_err()
-    {
-        log::warn!("shutdown deadline reached while user states were being saved");
-    }
-    // PDF jobs send nothing new; the documents under way get their done
-    // marks. The rest stay recorded and are resumed at the next start.
-    if tokio::time::timeout_at(deadline.into(), pdf.send(StopJobs { deadline }))
-        .await
-        .is_err()
-    {
-        log::warn!("shutdown deadline reached while PDF deliveries were finishing");
-    }
-    if tokio::time::timeout_at(deadline.into(), telegram.drained())
-        .await
-        .is_err()
-    {
-        let stats = telegram.stats().await;
-        log::warn!(
-            "shutdown deadline reached with {} sends queued and {} in flight",
-            stats.queued,
-            stats.in_flight
-        );
-    }
-    if tokio::time::timeout_at(deadline.into(), done_marks.all_ended())
-        .await
-        .is_err()
-    {
-        log::warn!(
-            "shutdown deadline reached with {} replies undelivered",
-            done_marks.replies_in_flight()
-        );
-    }
-    if tokio::time::timeout_at(deadline.into(), journal.send(Flush))
-        .await
-        .is_err()
-    {
-        log::warn!("shutdown deadline reached while the journal was being written");
-    }
-    if let Some((elector, _)) = &cluster {
-        let _ = tokio::time::timeout_at(deadline.into(), elector.send(Release)).await;
-    }
-    // Within the deadline: a container's stop timeout is set from it.
-    let stopped = async {
-        server_handle.stop(true).await;
-        let _ = server_task.await;
-    };
-    if tokio::time::timeout_at(deadline.into(), stopped)
-        .await
-        .is_err()
-    {
-        log::warn!("shutdown deadline reached while the HTTP server was stopping");
-    }
-    for arbiter in arbiters
-        .into_iter()
-        .chain([journal_arbiter, ai_arbiter, documents_arbiter])
-    {
-        arbiter.stop();
-        let _ = arbiter.join();
-    }
+    .run(Instant::now() + config.shutdown_timeout())
+    .await;
     log::info!("shutdown complete");
     match ended {
         Some(gave_up) => Err(SupervisionGaveUp(gave_up).into()),
         None => Ok(()),
     }
+}
+
+/// What the ordered stop stops, in its order; every stage within one
+/// deadline, which a container's stop timeout is set from.
+struct Shutdown {
+    poller: Option<Addr<Poller>>,
+    router: Addr<Router>,
+    sessions: Sessions,
+    pdf: Addr<PdfJobs>,
+    telegram: Telegram,
+    done_marks: DoneMarks,
+    journal: Addr<Journal>,
+    elector: Option<Addr<Elector>>,
+    server: actix_web::dev::ServerHandle,
+    server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    arbiters: Vec<Arbiter>,
+}
+
+impl Shutdown {
+    async fn run(self, deadline: Instant) {
+        // Intake first: nothing new comes in, and the last offset is
+        // confirmed.
+        if let Some(poller) = &self.poller {
+            stage(deadline, poller.send(StopPolling), || {
+                "intake was stopping".into()
+            })
+            .await;
+        }
+        let _ = self.router.send(StopIntake).await;
+        // Every session handles what is in its mailbox, then saves and stops.
+        stage(deadline, self.sessions.shutdown(), || {
+            "user states were being saved".into()
+        })
+        .await;
+        // PDF jobs send nothing new; the documents under way get their done
+        // marks. The rest stay recorded and are resumed at the next start.
+        stage(deadline, self.pdf.send(StopJobs { deadline }), || {
+            "PDF deliveries were finishing".into()
+        })
+        .await;
+        if !stage(deadline, self.telegram.drained(), || {
+            "the outbox was draining".into()
+        })
+        .await
+        {
+            let stats = self.telegram.stats().await;
+            log::warn!(
+                "{} sends were still queued and {} in flight",
+                stats.queued,
+                stats.in_flight
+            );
+        }
+        let marks = &self.done_marks;
+        stage(deadline, marks.all_ended(), || {
+            format!("{} replies were undelivered", marks.replies_in_flight())
+        })
+        .await;
+        stage(deadline, self.journal.send(Flush), || {
+            "the journal was being written".into()
+        })
+        .await;
+        // After the last write: a standby takes the lease at once.
+        if let Some(elector) = &self.elector {
+            stage(deadline, elector.send(Release), || {
+                "the lease was being released".into()
+            })
+            .await;
+        }
+        let server = self.server;
+        let task = self.server_task;
+        let stopped = async move {
+            server.stop(true).await;
+            let _ = task.await;
+        };
+        stage(deadline, stopped, || "the HTTP server was stopping".into()).await;
+        for arbiter in self.arbiters {
+            arbiter.stop();
+            let _ = arbiter.join();
+        }
+    }
+}
+
+/// Awaits one stage of the stop until `deadline`; past it, logs what was
+/// under way and answers false.
+async fn stage<F: Future>(deadline: Instant, work: F, under_way: impl FnOnce() -> String) -> bool {
+    let done = tokio::time::timeout_at(deadline.into(), work).await.is_ok();
+    if !done {
+        log::warn!("shutdown deadline reached while {}", under_way());
+    }
+    done
 }
 
 /// The daemon ended because its supervision tree gave up: the process

@@ -273,9 +273,13 @@ mod tests {
     }
 
     #[test]
-    fn fixed_settings_are_suggested_but_not_applied() {
+    fn only_the_settings_that_change_while_running_are_applied() {
         let config = config();
-        let before = Figures::default();
+        let before = Figures {
+            db_max: 8,
+            db_idle: 0,
+            ..Figures::default()
+        };
         let now = Figures {
             at_s: 60.0,
             images_busy: 3.0,
@@ -284,10 +288,20 @@ mod tests {
         };
         let found = suggest(&before, &now, &config);
         let settings: Vec<&str> = found.iter().map(|s| s.setting.as_str()).collect();
-        assert_eq!(settings, ["THREAD_POOL_SIZE", "TELEGRAM_GLOBAL_RATE"]);
-        assert!(!found[0].live);
+        assert_eq!(
+            settings,
+            [
+                "THREAD_POOL_SIZE",
+                "TELEGRAM_GLOBAL_RATE",
+                "DB_POOL_MAX_SIZE"
+            ]
+        );
+        // The image pool resizes while running; the database pool does not.
+        assert!(found[0].live);
+        assert!(!found[2].live);
         // At Telegram's ceiling there is nothing to raise.
         assert_eq!(found[1].current, found[1].proposed);
-        assert!(to_apply(&found).is_empty());
+        let apply = to_apply(&found);
+        assert_eq!(apply.keys().collect::<Vec<_>>(), ["thread_pool_size"]);
     }
 }
