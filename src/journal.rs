@@ -209,6 +209,9 @@ pub struct Journal {
     flushes: Vec<oneshot::Sender<()>>,
     writing: Option<InWrite>,
     failed_writes: u64,
+    /// Writes failed since the last that worked: a long failure is logged
+    /// at its 1st, 2nd, 4th, 8th… write, not at every one.
+    failing: u64,
     vitals: Vitals,
 }
 
@@ -221,6 +224,7 @@ impl Journal {
             flushes: Vec::new(),
             writing: None,
             failed_writes: 0,
+            failing: 0,
             vitals: Vitals::new(0),
         }
     }
@@ -257,6 +261,13 @@ impl Journal {
             };
             match written {
                 Ok(mut new) => {
+                    if this.failing > 0 {
+                        log::info!(
+                            "journal: the inbox is written again after {} failed writes",
+                            this.failing
+                        );
+                        this.failing = 0;
+                    }
                     // An id is new to the first record that has it: the same
                     // update recorded twice in one write (a webhook delivery
                     // retried while the first was being written) is handled
@@ -294,7 +305,13 @@ impl Journal {
 
     fn note_failure(&mut self, message: &str) {
         self.failed_writes += 1;
-        log::warn!("journal: {message}");
+        self.failing += 1;
+        if self.failing.is_power_of_two() {
+            log::warn!(
+                "journal: {message} ({} writes failed in a row)",
+                self.failing
+            );
+        }
     }
 }
 

@@ -305,3 +305,85 @@ async fn a_sqlite_file_locked_by_another_program_holds_intake_until_it_is_releas
     )
     .await;
 }
+
+/// The user the read-only test runs the daemon as: `nobody`.
+const NOBODY: (u32, u32) = (65534, 65534);
+
+#[actix_rt::test]
+async fn a_read_only_sqlite_file_holds_intake_until_it_can_be_written() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: the read-only database test (it needs root, to run the daemon as another user)"
+        );
+        return;
+    }
+    // The file belongs to root and the daemon runs as nobody, who may read
+    // it but not write it.
+    let dir = common::unique_dir("read-only");
+    let config = common::test_config(&[("DATA_DIR", dir.display().to_string())]);
+    drop(
+        actorbot::storage::Storage::open(&config)
+            .await
+            .expect("the database is made"),
+    );
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("actorbot.sqlite3"))
+        .collect();
+    let set_mode = |mode: u32| {
+        for file in &files {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    };
+    set_mode(0o644);
+    let app = common::unthrottled(TestApp::builder())
+        .data_dir(dir.clone())
+        .run_as(NOBODY.0, NOBODY.1)
+        .start()
+        .await;
+    let users = 20;
+    let first_user = 90_000;
+    let mut last = 0;
+    for user in 1..=users {
+        last = app.tg.inject_text(first_user + user, "/start");
+    }
+    let body = app
+        .wait_for_json("/ready", Duration::from_secs(30), |s, _| s == 503)
+        .await;
+    assert!(body.to_string().contains("readonly"), "{body}");
+    assert!(
+        app.tg.confirmed_offset() <= last,
+        "confirmed although nothing was journaled"
+    );
+    assert!(
+        app.tg.all_messages().is_empty(),
+        "answered without a journal"
+    );
+
+    // Writable again: the daemon opens its connections afresh and answers
+    // every update once, with no restart.
+    set_mode(0o666);
+    app.tg
+        .wait_until(Duration::from_secs(60), |s| {
+            (1..=users).all(|u| !s.messages_to(first_user + u).is_empty())
+        })
+        .await
+        .expect("every update answered once the file can be written");
+    let by_user = replies_by_user(&app);
+    for user in 1..=users {
+        assert_eq!(by_user[&(first_user + user)].len(), 1, "user {user}");
+    }
+    app.tg
+        .wait_confirmed(last, Duration::from_secs(10))
+        .await
+        .expect("and confirmed");
+    app.wait_for_json("/ready", Duration::from_secs(30), |s, _| s == 200)
+        .await;
+}

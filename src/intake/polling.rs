@@ -68,6 +68,9 @@ pub struct Poller {
     timeout: u32,
     limit: u32,
     failures: u32,
+    /// Hand-offs of the batch under way that failed (the journal could not
+    /// write it): retried ever more slowly, logged at the 1st, 2nd, 4th…
+    handoff_failures: u32,
     batches: u64,
     stage: Stage,
     current: Option<SpawnHandle>,
@@ -96,6 +99,7 @@ impl Poller {
             timeout,
             limit,
             failures: 0,
+            handoff_failures: 0,
             batches: 0,
             stage: Stage::Waiting,
             current: None,
@@ -212,6 +216,13 @@ impl Poller {
         .into_actor(self)
         .map(move |(updates, result), act, ctx| match result {
             Ok(()) => {
+                if act.handoff_failures > 0 {
+                    log::info!(
+                        "hand-off works again after {} failed attempts",
+                        act.handoff_failures
+                    );
+                    act.handoff_failures = 0;
+                }
                 act.batches += 1;
                 act.offset = Some(max_id + 1);
                 if act.stopping.is_empty() {
@@ -223,12 +234,17 @@ impl Poller {
             Err(HandoffError::ShuttingDown) => act.confirm_and_stop(ctx),
             Err(err) => {
                 // Not taken, not confirmed: offer the same batch again.
-                log::warn!(
-                    "hand-off of {} updates failed, retrying: {err}",
-                    updates.len()
-                );
+                act.handoff_failures += 1;
+                let delay = handoff_retry(act.handoff_failures);
+                if act.handoff_failures.is_power_of_two() {
+                    log::warn!(
+                        "hand-off of {} updates failed ({} times in a row), retrying in {} ms: {err}",
+                        updates.len(),
+                        act.handoff_failures,
+                        delay.as_millis()
+                    );
+                }
                 act.stage = Stage::Waiting;
-                let delay = Duration::from_millis(200);
                 ctx.run_later(delay, move |act, ctx| act.hand_off(updates, max_id, ctx));
             }
         });
@@ -291,6 +307,14 @@ impl Poller {
         }
         ctx.stop();
     }
+}
+
+/// The pause before offering a batch again after its `failures`th failed
+/// hand-off: 200 ms, doubling up to 5 s.
+fn handoff_retry(failures: u32) -> Duration {
+    Duration::from_millis(200)
+        .saturating_mul(1 << failures.saturating_sub(1).min(5))
+        .min(Duration::from_secs(5))
 }
 
 fn backoff(failures: u32) -> Duration {
@@ -384,6 +408,15 @@ impl Handler<Probe> for Poller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_hand_off_is_retried_ever_more_slowly_up_to_5_s() {
+        assert_eq!(handoff_retry(1), Duration::from_millis(200));
+        assert_eq!(handoff_retry(2), Duration::from_millis(400));
+        assert_eq!(handoff_retry(5), Duration::from_millis(3200));
+        assert_eq!(handoff_retry(6), Duration::from_secs(5));
+        assert_eq!(handoff_retry(1000), Duration::from_secs(5));
+    }
 
     #[test]
     fn backoff_is_bounded_and_jittered() {

@@ -12,6 +12,7 @@
 
 mod models;
 mod schema;
+mod sqlite;
 mod threads;
 mod writer;
 
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::r2d2::{ConnectionManager, Pool};
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use thiserror::Error;
@@ -86,7 +87,7 @@ impl From<diesel::r2d2::PoolError> for StorageError {
     }
 }
 
-type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
+type SqlitePool = Pool<sqlite::SqliteManager>;
 type PgPool = Pool<ConnectionManager<PgConnection>>;
 
 enum Pools {
@@ -100,7 +101,7 @@ macro_rules! with_conn {
     ($pools:expr, |$conn:ident| $body:expr) => {
         match $pools {
             Pools::Sqlite(pool) => {
-                let $conn: &mut SqliteConnection = &mut *pool.get()?;
+                let $conn: &mut SqliteConnection = &mut **pool.get()?;
                 $body
             }
             Pools::Postgres(pool) => {
@@ -177,6 +178,9 @@ pub struct Storage {
     /// In a cluster, the leader's token, checked by every write but the
     /// cleanup's purges.
     fence: Option<Arc<Fence>>,
+    /// SQLite: opens the connections again after a write found the file
+    /// read-only.
+    reopen: sqlite::Reopen,
 }
 
 /// How the latest write went. A database that answers reads but refuses
@@ -205,57 +209,6 @@ impl WriteState {
                 });
             }
         }
-    }
-}
-
-/// SQLite settings for a daemon with many writers: WAL lets readers run
-/// during a write, and a busy timeout waits out a writer instead of failing.
-/// `synchronous` is the fsync policy (`SQLITE_SYNCHRONOUS`): with WAL,
-/// `FULL` syncs the log at every commit, which is what makes a commit that
-/// precedes an offset confirmation survive the machine, not only the
-/// process. The group commit pays that once per group.
-///
-/// `max_pages` is `SQLITE_MAX_SIZE_MB` in pages of the default size: a
-/// write that would grow the file past it fails as on a full disk, and
-/// pages freed by pruning are used again.
-#[derive(Debug, Clone, Copy)]
-struct SqliteSetup {
-    synchronous: &'static str,
-    max_pages: Option<u64>,
-}
-
-/// SQLite's default page size, which actorbot's files keep.
-const SQLITE_PAGE_SIZE: u64 = 4096;
-
-impl SqliteSetup {
-    fn new(config: &Config) -> SqliteSetup {
-        let synchronous = match config.sqlite_synchronous.as_str() {
-            "normal" => "NORMAL",
-            "extra" => "EXTRA",
-            _ => "FULL",
-        };
-        let max_pages = (config.sqlite_max_size_mb > 0)
-            .then(|| config.sqlite_max_size_mb.saturating_mul(1 << 20) / SQLITE_PAGE_SIZE);
-        SqliteSetup {
-            synchronous,
-            max_pages,
-        }
-    }
-}
-
-impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup {
-    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
-        // The busy timeout goes first, so that what follows waits for a
-        // writer instead of failing. WAL is set once, when the pool is built.
-        let mut setup = format!(
-            "PRAGMA busy_timeout = 5000; PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;",
-            self.synchronous
-        );
-        if let Some(pages) = self.max_pages {
-            setup.push_str(&format!(" PRAGMA max_page_count = {pages};"));
-        }
-        conn.batch_execute(&setup)
-            .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -301,6 +254,7 @@ impl Storage {
     fn connect(config: &Config) -> Result<Storage, StorageError> {
         let min = config.db_pool_min_size;
         let max = config.db_pool_max_size.max(1);
+        let reopen = sqlite::Reopen::default();
         let (pools, description) = match target(config) {
             Target::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -323,12 +277,12 @@ impl Storage {
                     .batch_execute("PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL;")
                     .map_err(|e| connect_error(e.to_string()))?;
                 drop(first);
-                let manager = ConnectionManager::<SqliteConnection>::new(path.to_string_lossy());
+                let manager = sqlite::SqliteManager::new(&path.to_string_lossy(), reopen.clone());
                 let pool = Pool::builder()
                     .min_idle(Some(min.min(max)))
                     .max_size(max)
                     .connection_timeout(CHECKOUT_TIMEOUT)
-                    .connection_customizer(Box::new(SqliteSetup::new(config)))
+                    .connection_customizer(Box::new(sqlite::SqliteSetup::new(config)))
                     .build(manager)
                     .map_err(|e| StorageError::Connect {
                         backend: "sqlite",
@@ -382,6 +336,7 @@ impl Storage {
             description: format!("{description}, pool {min}..{max}").into(),
             writes: Arc::default(),
             fence: None,
+            reopen,
         })
     }
 
@@ -455,8 +410,7 @@ impl Storage {
         F: FnOnce(Conn<'_>) -> Result<T, StorageError> + Send + 'static,
     {
         let outcome = self.write_once(self.fence.clone(), work).await;
-        self.writes.note(&outcome);
-        outcome
+        self.noted(outcome)
     }
 
     /// A write that any instance of a cluster may make: removing what is
@@ -467,7 +421,17 @@ impl Storage {
         F: FnOnce(Conn<'_>) -> Result<T, StorageError> + Send + 'static,
     {
         let outcome = self.write_once(None, work).await;
+        self.noted(outcome)
+    }
+
+    /// Records how a write went; one that found the file read-only has
+    /// the connections opened again, so that fixing the file's permissions
+    /// is enough to write again.
+    fn noted<T>(&self, outcome: Result<T, StorageError>) -> Result<T, StorageError> {
         self.writes.note(&outcome);
+        if let Err(err) = &outcome {
+            self.reopen.after(err);
+        }
         outcome
     }
 

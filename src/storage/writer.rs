@@ -208,10 +208,11 @@ fn write_groups(pool: &SqlitePool, queue: &Receiver<Box<dyn GroupWrite>>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sqlite::{Reopen, SqliteManager};
     use super::*;
     use diesel::RunQueryDsl;
     use diesel::connection::Connection;
-    use diesel::r2d2::{ConnectionManager, Pool};
+    use diesel::r2d2::Pool;
     use diesel::sql_types::BigInt;
 
     #[derive(diesel::QueryableByName)]
@@ -228,7 +229,10 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let pool: SqlitePool = Pool::builder()
             .max_size(2)
-            .build(ConnectionManager::new(path.to_string_lossy()))
+            .build(SqliteManager::new(
+                &path.to_string_lossy(),
+                Reopen::default(),
+            ))
             .unwrap();
         pool.get()
             .unwrap()
@@ -269,7 +273,7 @@ mod tests {
         // Every answered write is visible to another connection: the
         // answer came after its commit.
         let count: Count = diesel::sql_query("SELECT COUNT(*) AS n FROM t")
-            .get_result(&mut *pool.get().unwrap())
+            .get_result(&mut **pool.get().unwrap())
             .unwrap();
         assert_eq!(count.n, 199);
         drop(writer);

@@ -45,9 +45,17 @@ pub struct TestAppBuilder {
     fake: Option<FakeTelegram>,
     data_dir: Option<PathBuf>,
     sandbox: bool,
+    user: Option<(u32, u32)>,
 }
 
 impl TestAppBuilder {
+    /// Runs the daemon as this user and group (the tests run as root, for
+    /// whom file permissions do not apply).
+    pub fn run_as(mut self, uid: u32, gid: u32) -> Self {
+        self.user = Some((uid, gid));
+        self
+    }
+
     /// Runs `actorbot sandbox`: the daemon's own emulator and AI stand-in;
     /// the test's fake Telegram then sees nothing.
     pub fn sandbox(mut self) -> Self {
@@ -123,6 +131,10 @@ impl TestAppBuilder {
         }
         for (key, value) in &self.env {
             command.env(key, value);
+        }
+        if let Some((uid, gid)) = self.user {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(gid);
         }
         let mut child = command.spawn().expect("the actorbot binary starts");
         let log = Arc::new(LogBuffer::default());
@@ -208,6 +220,7 @@ impl TestApp {
             fake: None,
             data_dir: None,
             sandbox: false,
+            user: None,
         }
     }
 
