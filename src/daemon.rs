@@ -263,6 +263,11 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
             memory.clone(),
             sessions.clone(),
             vec![cache.clone(), image_cache.clone()],
+            arbiters
+                .iter()
+                .chain([&journal_arbiter, &ai_arbiter, &documents_arbiter])
+                .map(Arbiter::handle)
+                .collect(),
         );
         tree.start(root, "memory", &Arbiter::current(), move |_| guard)
     };

@@ -4,7 +4,9 @@
 //! Above the soft mark (90 % of the limit) the guard sheds, in order, every
 //! quarter second while it stays there: it retires the least recently
 //! active tenth of the sessions (they save their state first), halves the
-//! in-process caches, and the image and PDF pools answer new jobs "busy".
+//! in-process caches, has every event loop's allocator heap give its free
+//! pages back to the system, and the image and PDF pools answer new jobs
+//! "busy".
 //! Intake reads the figure itself before each batch: past the soft mark it
 //! takes small batches with a pause between them, and at the limit it stops
 //! taking updates (their offsets stay unconfirmed, so Telegram keeps them)
@@ -136,6 +138,8 @@ pub struct MemoryGuard {
     gauge: MemoryGauge,
     sessions: Sessions,
     caches: Vec<Arc<Cache>>,
+    /// The daemon's event loops, whose allocator heaps give memory back.
+    threads: Vec<ArbiterHandle>,
     shed_sessions: u64,
     shed_entries: u64,
     /// The pressure last logged.
@@ -149,12 +153,14 @@ impl MemoryGuard {
         gauge: MemoryGauge,
         sessions: Sessions,
         caches: Vec<Arc<Cache>>,
+        threads: Vec<ArbiterHandle>,
     ) -> MemoryGuard {
         MemoryGuard {
             config,
             gauge,
             sessions,
             caches,
+            threads,
             shed_sessions: 0,
             shed_entries: 0,
             logged: Pressure::Normal,
@@ -204,6 +210,12 @@ impl MemoryGuard {
                     rss / (1024 * 1024)
                 );
             }
+            // What was shed is free in the allocator but still resident:
+            // each event loop's heap hands its free pages back.
+            for thread in &self.threads {
+                thread.spawn_fn(give_back_free_memory);
+            }
+            give_back_free_memory();
             self.shed_sessions += retired as u64;
             self.shed_entries += dropped as u64;
             crate::metrics::MEMORY_SHED
@@ -218,6 +230,14 @@ impl MemoryGuard {
         }
         self.vitals.active();
     }
+}
+
+/// Returns the calling thread's free allocator pages to the system
+/// (mimalloc's `mi_collect`; the daemon's allocator).
+fn give_back_free_memory() {
+    // SAFETY: mi_collect has no preconditions; it works on the calling
+    // thread's heap and the pages abandoned by others.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 impl Actor for MemoryGuard {
