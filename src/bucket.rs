@@ -59,6 +59,13 @@ impl Bucket {
         self.tokens = self.tokens.min(self.burst);
     }
 
+    /// Spends every token there is: from `now` on tokens come at the rate
+    /// alone, with no burst until they have built up again.
+    pub fn drain(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens = self.tokens.min(0.0);
+    }
+
     /// Whether the bucket is full again, so forgetting it loses nothing.
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
@@ -68,6 +75,18 @@ impl Bucket {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_drained_bucket_gives_tokens_at_the_rate_with_no_burst() {
+        let t0 = Instant::now();
+        let mut bucket = Bucket::new(10.0, 5, t0);
+        bucket.drain(t0);
+        assert_eq!(bucket.ready_at(t0), t0 + Duration::from_millis(100));
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(bucket.ready_at(t1), t1);
+        bucket.take(t1);
+        assert!(bucket.ready_at(t1) > t1, "no burst after a drain");
+    }
+
     use super::*;
 
     #[test]

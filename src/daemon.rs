@@ -399,7 +399,9 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
     // A standby waits here for the lease; SIGTERM ends it as it stands.
     if let Some((_, roles)) = &cluster {
         tokio::select! {
-            () = role_reached(roles.clone(), |role| matches!(role, Role::Leader { .. })) => {}
+            () = role_reached(roles.clone(), |role| matches!(role, Role::Leader { .. })) => {
+                global.start_cautiously();
+            }
             signal = wait_for_signal() => {
                 log::info!("{signal} received while standing by, shutting down");
                 server_handle.stop(true).await;

@@ -223,8 +223,11 @@ impl Handler<Incoming> for Router {
                 let fresh: Vec<_> = updates
                     .into_iter()
                     .filter(|(_, update)| {
+                        // Journaled before by a run (or an instance) that
+                        // did not answer it, and not handed over here: it
+                        // is handed over now. Done already: never again.
                         let is_new =
-                            new.contains(&update.update_id) || !handover.knows(update.update_id);
+                            new.contains(&update.update_id) && !handover.knows(update.update_id);
                         if !is_new {
                             metrics::UPDATES_SKIPPED
                                 .with_label_values(&["duplicate"])

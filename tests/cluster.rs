@@ -308,3 +308,35 @@ async fn a_leader_cut_off_from_the_database_stops_and_a_standby_answers() {
         assert_eq!(answers, 1, "user {user} answered {answers} times");
     }
 }
+
+#[actix_rt::test]
+async fn a_failover_keeps_telegrams_flood_limits() {
+    let Some(db) = PgDatabase::create("the cluster's flood limits") else {
+        return;
+    };
+    // The daemon's own limits as configured by default, against a fake that
+    // answers 429 past Telegram's.
+    let defaults = common::test_config(&[]);
+    let limited = |builder: TestAppBuilder| {
+        builder
+            .env("TELEGRAM_GLOBAL_RATE", defaults.telegram_global_rate)
+            .env("TELEGRAM_GLOBAL_BURST", defaults.telegram_global_burst)
+            .env("TELEGRAM_PRIVATE_RATE", defaults.telegram_private_rate)
+            .env("TELEGRAM_PRIVATE_BURST", defaults.telegram_private_burst)
+    };
+    let a = limited(instance(&db.url, "a", None).flood_limits())
+        .start()
+        .await;
+    assert_eq!(leader_among(&[&a], WAIT).await, 0);
+    let b = limited(instance(&db.url, "b", Some(&a.tg))).start().await;
+    let (users, rounds) = (60, 3);
+    let load = chatting(&a.tg, 80_000, users, rounds, Duration::from_secs(1));
+    a.tg.wait_for_total_messages(users as usize, WAIT)
+        .await
+        .expect("the leader answers");
+    let (tg, _) = a.kill();
+    assert_eq!(leader_among(&[&b], WAIT).await, 0);
+    let sent = load.await.expect("the load ran");
+    all_answered_in_order(&tg, &sent).await;
+    assert_eq!(tg.rejected_429(), 0, "Telegram's limits were passed");
+}

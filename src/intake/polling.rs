@@ -120,6 +120,9 @@ impl Poller {
     }
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
+        if self.stage == Stage::Stopped {
+            return;
+        }
         let Some(api) = self.api.clone() else { return };
         let limit = match self.memory.refresh() {
             Pressure::Normal => self.limit,
@@ -169,6 +172,11 @@ impl Poller {
         ctx: &mut Context<Self>,
     ) {
         self.current = None;
+        if self.stage == Stage::Stopped {
+            // Answered after StopPolling: not taken, not confirmed, so it
+            // comes again to whoever polls next.
+            return;
+        }
         let values = match result {
             Ok(values) => values,
             Err(err) => return self.on_error(err, ctx),
@@ -207,6 +215,10 @@ impl Poller {
     }
 
     fn hand_off(&mut self, updates: Vec<RawUpdate>, max_id: i64, ctx: &mut Context<Self>) {
+        if self.stage == Stage::Stopped {
+            // A retry after StopPolling: the batch was not confirmed.
+            return;
+        }
         self.stage = Stage::HandingOff;
         let sink = self.sink.clone();
         let fut = async move {

@@ -3,11 +3,35 @@
 
 use super::super::*;
 
+/// Adds to `new` the ids of `rows` that were there already and are not
+/// done; a batch sent again is rare, so this costs a query only then.
+macro_rules! pending_of_known {
+    ($conn:expr, $rows:expr, $new:expr) => {
+        let known: Vec<i64> = $rows
+            .iter()
+            .map(|row| row.update_id)
+            .filter(|id| !$new.contains(id))
+            .collect();
+        for chunk in known.chunks(500) {
+            let pending: Vec<i64> = inbox::table
+                .filter(inbox::update_id.eq_any(chunk))
+                .filter(inbox::done_at.is_null())
+                .select(inbox::update_id)
+                .load($conn)?;
+            $new.extend(pending);
+        }
+    };
+}
+
 impl Storage {
     /// Journals updates and marks others answered in one write, which
-    /// commits or fails as a whole; answers the ids of `rows` that were
-    /// not there before. One write rather than two: on SQLite each write
-    /// answered is a wake-up of the thread waiting for it.
+    /// commits or fails as a whole; answers the ids of `rows` that are
+    /// still to be answered: those not there before, and those there but
+    /// not marked done (journaled by a run, or another instance, that
+    /// stopped before answering them). A row already done is never
+    /// answered again, whoever sends it again. One write rather than two:
+    /// on SQLite each write answered is a wake-up of the thread waiting
+    /// for it.
     pub async fn inbox_journal(
         &self,
         rows: Vec<InboxRow>,
@@ -37,6 +61,7 @@ impl Storage {
                             new.insert(row.update_id);
                         }
                     }
+                    pending_of_known!(conn, rows, new);
                     mark_done!(conn, done, now);
                 }
                 // Over the network, one statement and one round trip per
@@ -55,6 +80,7 @@ impl Storage {
                             .get_results(conn)?;
                         new.extend(inserted);
                     }
+                    pending_of_known!(conn, rows, new);
                     mark_done!(conn, done, now);
                 }
             }

@@ -349,6 +349,12 @@ impl GlobalLimit {
             .retune(limits.global_rate, limits.global_burst, Instant::now());
     }
 
+    /// Starts the bot-wide rate without its burst: a cluster's new leader
+    /// does not know what the old one sent in its last second.
+    pub fn start_cautiously(&self) {
+        self.lock().bucket.drain(Instant::now());
+    }
+
     /// Until when every send waits, if a global pause is on.
     fn paused_until(&self, now: Instant) -> Option<Instant> {
         let mut state = self.lock();
