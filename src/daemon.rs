@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actorbot_actors::fault::{self, Faults};
+use actorbot_actors::probe::Probe;
 use actorbot_actors::registry::{KeyedRegistry, RegistryConfig};
 use actorbot_actors::scheduler::{Schedule, Scheduler};
-use actorbot_actors::supervisor::{GiveUp, Intensity, Strategy, Tree};
+use actorbot_actors::supervisor::{GiveUp, Intensity, NodeId, Strategy, Tree};
 use anyhow::{Context as _, bail};
 use tokio::sync::watch;
 
@@ -416,45 +417,20 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
     }
     replay(&storage, &router).await?;
 
-    let poller = if config.webhook_enabled() {
-        let params = SetWebhookParams::builder()
-            .url(config.webhook_url.clone())
-            .secret_token(config.webhook_secret.expose().to_string())
-            .max_connections(config.webhook_max_connections)
-            .allowed_updates(crate::intake::allowed_updates())
-            .build();
-        api.set_webhook(&params)
-            .await
-            .context("setWebhook failed")?;
-        if let Some(set) = &webhook_set {
-            set.store(true, std::sync::atomic::Ordering::Release);
-        }
-        log::info!(
-            "webhook set: {} (path {})",
-            config.webhook_url,
-            config.webhook_path
-        );
-        None
-    } else {
-        let params = DeleteWebhookParams::builder()
-            .drop_pending_updates(false)
-            .build();
-        if let Err(err) = api.delete_webhook(&params).await {
-            log::warn!("deleteWebhook failed, polling may conflict with a webhook: {err}");
-        }
-        let poller = {
-            let (endpoint, sink) = (endpoint.clone(), router.clone().recipient());
-            let memory = memory.clone();
-            let (timeout, limit) = (config.polling_timeout, config.polling_limit);
-            tree.start(root, "intake", &Arbiter::current(), move |_| {
-                Poller::new(endpoint, sink, timeout, limit, memory)
-            })
-        };
-        if let Ok(mut intake) = intake_probe.lock() {
-            *intake = Some(poller.clone().recipient());
-        }
-        Some(poller)
-    };
+    let poller = start_intake(
+        &config,
+        &api,
+        Intake {
+            endpoint: endpoint.clone(),
+            router: router.clone(),
+            memory: memory.clone(),
+            webhook_set,
+            probe: intake_probe,
+        },
+        &tree,
+        root,
+    )
+    .await?;
 
     let deposed = async {
         match &cluster {
@@ -690,6 +666,71 @@ async fn replay(storage: &Storage, router: &Addr<Router>) -> anyhow::Result<()> 
         .context("the router is unavailable")?
         .context("replay failed")?;
     Ok(())
+}
+
+/// What intake is started with.
+struct Intake {
+    endpoint: Endpoint,
+    router: Addr<Router>,
+    memory: MemoryGauge,
+    /// Set once setWebhook has succeeded, for `/ready`.
+    webhook_set: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Where the endpoints find the poller to probe.
+    probe: Arc<std::sync::Mutex<Option<Recipient<Probe>>>>,
+}
+
+/// Starts intake last: sets the webhook (the HTTP server takes the
+/// updates), or deletes any webhook and starts the poller; answers the
+/// poller, which the stop stops first.
+async fn start_intake(
+    config: &Config,
+    api: &BotApi,
+    intake: Intake,
+    tree: &Tree,
+    root: NodeId,
+) -> anyhow::Result<Option<Addr<Poller>>> {
+    if config.webhook_enabled() {
+        let params = SetWebhookParams::builder()
+            .url(config.webhook_url.clone())
+            .secret_token(config.webhook_secret.expose().to_string())
+            .max_connections(config.webhook_max_connections)
+            .allowed_updates(crate::intake::allowed_updates())
+            .build();
+        api.set_webhook(&params)
+            .await
+            .context("setWebhook failed")?;
+        if let Some(set) = &intake.webhook_set {
+            set.store(true, std::sync::atomic::Ordering::Release);
+        }
+        log::info!(
+            "webhook set: {} (path {})",
+            config.webhook_url,
+            config.webhook_path
+        );
+        return Ok(None);
+    }
+    let params = DeleteWebhookParams::builder()
+        .drop_pending_updates(false)
+        .build();
+    if let Err(err) = api.delete_webhook(&params).await {
+        log::warn!("deleteWebhook failed, polling may conflict with a webhook: {err}");
+    }
+    let Intake {
+        endpoint,
+        router,
+        memory,
+        probe,
+        ..
+    } = intake;
+    let sink = router.recipient();
+    let (timeout, limit) = (config.polling_timeout, config.polling_limit);
+    let poller = tree.start(root, "intake", &Arbiter::current(), move |_| {
+        Poller::new(endpoint, sink, timeout, limit, memory)
+    });
+    if let Ok(mut intake) = probe.lock() {
+        *intake = Some(poller.clone().recipient());
+    }
+    Ok(Some(poller))
 }
 
 /// Returns once the cluster role satisfies `reached`.
