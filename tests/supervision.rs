@@ -283,3 +283,31 @@ async fn an_update_that_always_crashes_its_session_is_set_aside_and_can_be_retri
         .await;
     assert!(!dropped.status.success(), "no such dead letter any more");
 }
+
+#[actix_rt::test]
+async fn a_crash_of_the_outbox_while_it_queues_a_reply_keeps_the_chats_order() {
+    let user = 4_242;
+    let replies = 5u64;
+    let app = unthrottled(TestApp::builder())
+        .env("FAULT_PANIC", format!("outbox:chat_id={user}:1"))
+        .start()
+        .await;
+    for n in 0..replies {
+        app.tg.inject_text(user, &format!("/seq{n}"));
+    }
+    app.tg
+        .wait_for_messages(user, replies as usize, WAIT)
+        .await
+        .expect("every reply");
+    let order: Vec<u64> = app
+        .tg
+        .messages_to(user)
+        .iter()
+        .filter_map(|m| seq_of(&m.text))
+        .collect();
+    assert_eq!(order, (0..replies).collect::<Vec<_>>(), "{}", app.log());
+    assert!(
+        app.log().contains("injected fault: outbox"),
+        "the fault was not hit"
+    );
+}

@@ -428,6 +428,9 @@ pub struct Outbox {
     flying: HashMap<i64, Job>,
     /// Who waits for the shard to be empty.
     drain_waiters: Vec<oneshot::Sender<()>>,
+    /// The batch being queued: a crash while it is taken keeps it, and the
+    /// restart queues it, in its place before the batches after it.
+    taking: Option<Post>,
 }
 
 impl Outbox {
@@ -445,6 +448,7 @@ impl Outbox {
             unreachable: None,
             flying: HashMap::new(),
             drain_waiters: Vec::new(),
+            taking: None,
         }
     }
 
@@ -648,12 +652,16 @@ impl Actor for Outbox {
 
 /// A restart keeps every lane, its queue and its bucket; the requests in
 /// flight when it crashed go back to the front of their lanes and are sent
-/// again (one of them may then reach its chat twice). The timers are
-/// rebuilt in `started`.
+/// again (one of them may then reach its chat twice), and the batch being
+/// queued is queued, before any posted after it. The timers are rebuilt in
+/// `started`.
 impl Supervised for Outbox {
     fn restarting(&mut self, _: &mut Self::Context) {
         let in_flight = std::mem::take(&mut self.flying);
         self.lanes.restart(in_flight, Instant::now());
+        if let Some(post) = self.taking.take() {
+            self.queue(post);
+        }
         self.wake_at = None;
         self.stats.in_flight = 0;
     }
@@ -677,15 +685,24 @@ pub struct Post {
 }
 
 impl Outbox {
-    fn enqueue(
-        &mut self,
-        chat_id: i64,
-        requests: Vec<Request>,
-        reply: DeliveryReply,
-        room: Room,
-        ctx: &mut Context<Self>,
-    ) {
-        actorbot_actors::fault::hit("outbox");
+    fn enqueue(&mut self, post: Post, ctx: &mut Context<Self>) {
+        let chat_id = post.chat_id;
+        self.taking = Some(post);
+        actorbot_actors::fault::hit_keyed("outbox", "chat_id", chat_id);
+        if let Some(post) = self.taking.take() {
+            self.queue(post);
+        }
+        self.pump(ctx);
+    }
+
+    /// Puts a batch in its chat's lane.
+    fn queue(&mut self, post: Post) {
+        let Post {
+            chat_id,
+            requests,
+            reply,
+            room,
+        } = post;
         let count = requests.len();
         if count == 0 {
             let _ = reply.send(Ok(Vec::new()));
@@ -705,7 +722,6 @@ impl Outbox {
             batch: batch.clone(),
         });
         self.lanes.push(chat_id, jobs, Instant::now());
-        self.pump(ctx);
     }
 }
 
@@ -721,7 +737,7 @@ impl Handler<Post> for Outbox {
     type Result = ();
 
     fn handle(&mut self, msg: Post, ctx: &mut Self::Context) {
-        self.enqueue(msg.chat_id, msg.requests, msg.reply, msg.room, ctx);
+        self.enqueue(msg, ctx);
     }
 }
 
