@@ -17,14 +17,17 @@
 //!   OpenAI backend that takes `--ai-latency-ms` per answer; the time until
 //!   the last user has the full answer, and the time above the backend's own.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::net::TcpListener;
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use actorbot_actors::process::Process;
 use actorbot_testkit::openai::{FakeAi, FakeAiConfig};
 use actorbot_testkit::rig::{self, Rig, RigConfig};
-use actorbot_testkit::telegram::FakeTelegramConfig;
+use actorbot_testkit::telegram::{FakeTelegram, FakeTelegramConfig};
 use clap::Parser;
 
 /// The fakes share the machine with the daemon: allocation should cost
@@ -74,10 +77,26 @@ struct Args {
     /// Extra environment for the daemon, KEY=VALUE.
     #[arg(long = "env")]
     env: Vec<String>,
+    /// Run this bot instead of actorbot (program and arguments, split at
+    /// spaces): throughput, latency and startup only.
+    #[arg(long)]
+    peer: Option<String>,
+    /// Startup: starts to time.
+    #[arg(long, default_value_t = 5)]
+    starts: usize,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if args.peer.is_some()
+        && let Some(what) = args
+            .run
+            .split(',')
+            .map(str::trim)
+            .find(|r| ["memory", "ai"].contains(r))
+    {
+        return Err(format!("{what} measures actorbot alone, not a --peer").into());
+    }
     // awc runs on actix's single-threaded runtime.
     let runtime = actix_rt::System::new();
     for what in args.run.split(',').map(str::trim) {
@@ -86,10 +105,98 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "latency" => runtime.block_on(latency(&args))?,
             "memory" => runtime.block_on(memory(&args))?,
             "ai" => runtime.block_on(ai(&args))?,
+            "startup" => runtime.block_on(startup(&args))?,
             other => return Err(format!("unknown measurement {other:?}").into()),
         }
     }
     Ok(())
+}
+
+/// The bot under test, against a fake of its own: actorbot in its rig,
+/// or a peer's bot (`--peer`).
+enum Bot {
+    Actorbot(Rig),
+    Peer(Peer),
+}
+
+impl Bot {
+    async fn start(args: &Args) -> Result<Bot, Box<dyn std::error::Error>> {
+        Ok(match &args.peer {
+            None => Bot::Actorbot(start(args, None).await?),
+            Some(command) => {
+                let tg = FakeTelegram::start(FakeTelegramConfig {
+                    token: TOKEN.into(),
+                    workers: 1,
+                    ..Default::default()
+                })?;
+                let child = peer_command(command, &tg)?.spawn()?;
+                Bot::Peer(Peer { tg, child })
+            }
+        })
+    }
+
+    fn telegram(&self) -> &FakeTelegram {
+        match self {
+            Bot::Actorbot(rig) => rig.telegram(),
+            Bot::Peer(peer) => &peer.tg,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Bot::Actorbot(rig) => rig.pid(),
+            Bot::Peer(peer) => peer.child.id(),
+        }
+    }
+}
+
+/// A peer's bot and the fake it polls; dropping it kills the bot.
+struct Peer {
+    tg: FakeTelegram,
+    child: Child,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--peer`'s command, pointed at `tg`.
+fn peer_command(command: &str, tg: &FakeTelegram) -> Result<Command, Box<dyn std::error::Error>> {
+    let mut words = command.split_whitespace();
+    let program = words.next().ok_or("--peer is empty")?;
+    let mut command = Command::new(program);
+    command
+        .args(words)
+        .env("BOT_TOKEN", TOKEN)
+        .env("TELEGRAM_API_URL", tg.api_url())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    Ok(command)
+}
+
+/// What `work` answers, and the peak resident memory (bytes) of `pid`
+/// while it ran, sampled every 20 ms.
+async fn peak_rss<T>(pid: u32, work: impl Future<Output = T>) -> (T, u64) {
+    let peak = Cell::new(Process::Pid(pid).rss_bytes());
+    let sample = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            peak.set(peak.get().max(Process::Pid(pid).rss_bytes()));
+        }
+    };
+    let out = tokio::select! {
+        out = work => out,
+        _ = sample => unreachable!("the sampler never ends"),
+    };
+    (out, peak.get())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// The daemon under test against a fake of its own (and the fake AI
@@ -153,37 +260,50 @@ async fn wait_messages(
     n: usize,
     timeout: Duration,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    rig.telegram()
-        .wait_for_total_messages(n, timeout)
+    wait_total(rig.telegram(), n, timeout).await
+}
+
+async fn wait_total(
+    tg: &FakeTelegram,
+    n: usize,
+    timeout: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    tg.wait_for_total_messages(n, timeout)
         .await
         .map_err(|e| e.to_string().into())
 }
 
 async fn throughput(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let rig = start(args, None).await?;
+    let bot = Bot::start(args).await?;
+    let tg = bot.telegram();
     // Warm up: connections open, sessions' code paths hot.
     for user in 0..1_000 {
-        rig.telegram().inject_text(1_000_000 + user, "/start");
+        tg.inject_text(1_000_000 + user, "/start");
     }
-    wait_messages(&rig, 1_000, Duration::from_secs(60)).await?;
-    let base = rig.telegram().total_messages();
-    let cpu_before = cpu_seconds(&rig);
+    wait_total(tg, 1_000, Duration::from_secs(60)).await?;
+    let base = tg.total_messages();
+    let rss_before = Process::Pid(bot.pid()).rss_bytes();
+    let cpu_before = Process::Pid(bot.pid()).cpu_seconds();
     let started = Instant::now();
-    rig.telegram()
-        .inject_texts((0..args.updates).map(|n| ((n % args.users) as i64 + 1, "/start")));
+    tg.inject_texts((0..args.updates).map(|n| ((n % args.users) as i64 + 1, "/start")));
     let injected = started.elapsed();
     // The updates are built before the fake's queue takes them at once, so
     // the daemon sees none of them until then: what this process uses from
     // here on is the fake serving the daemon.
     let own_before = Process::Current.cpu_seconds();
-    wait_messages(&rig, base + args.updates as usize, Duration::from_secs(600)).await?;
-    let all = rig.telegram().all_messages();
+    let (done, rss_peak) = peak_rss(
+        bot.pid(),
+        wait_total(tg, base + args.updates as usize, Duration::from_secs(600)),
+    )
+    .await;
+    done?;
+    let all = tg.all_messages();
     let replies = &all[base..];
     let first = replies.iter().map(|m| m.at).min().unwrap_or(started);
     let last = replies.iter().map(|m| m.at).max().unwrap_or(started);
     let span = last.duration_since(first).as_secs_f64();
     let total = last.duration_since(started).as_secs_f64();
-    let cpu = cpu_seconds(&rig) - cpu_before;
+    let cpu = Process::Pid(bot.pid()).cpu_seconds() - cpu_before;
     let own = Process::Current.cpu_seconds() - own_before;
     println!(
         "throughput: {} /start updates from {} users: {:.0} updates/s between the first and last reply \
@@ -201,36 +321,47 @@ async fn throughput(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         cpu / total,
         own * 1e6 / args.updates as f64,
     );
+    println!(
+        "throughput: RSS {:.1} MiB before the burst, peak {:.1} MiB during it",
+        mib(rss_before),
+        mib(rss_peak)
+    );
     Ok(())
 }
 
 async fn latency(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let rig = start(args, None).await?;
+    let bot = Bot::start(args).await?;
+    let tg = bot.telegram();
     for user in 0..1_000 {
-        rig.telegram().inject_text(1_000_000 + user, "/start");
+        tg.inject_text(1_000_000 + user, "/start");
     }
-    wait_messages(&rig, 1_000, Duration::from_secs(60)).await?;
-    let base = rig.telegram().total_messages();
+    wait_total(tg, 1_000, Duration::from_secs(60)).await?;
+    let base = tg.total_messages();
+    let rss_before = Process::Pid(bot.pid()).rss_bytes();
     let total = args.rate * args.seconds;
     let tick = Duration::from_millis(1);
     let per_tick = args.rate as f64 / 1000.0;
     let mut injected_at: HashMap<i64, Instant> = HashMap::with_capacity(total as usize);
-    let started = Instant::now();
-    let mut sent = 0u64;
-    let mut interval = tokio::time::interval(tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    while sent < total {
-        interval.tick().await;
-        let due = ((started.elapsed().as_secs_f64() * 1000.0 * per_tick) as u64).min(total);
-        while sent < due {
-            let user = 2_000_000 + sent as i64;
-            rig.telegram().inject_text(user, "/start");
-            injected_at.insert(user, Instant::now());
-            sent += 1;
+    let run = async {
+        let started = Instant::now();
+        let mut sent = 0u64;
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        while sent < total {
+            interval.tick().await;
+            let due = ((started.elapsed().as_secs_f64() * 1000.0 * per_tick) as u64).min(total);
+            while sent < due {
+                let user = 2_000_000 + sent as i64;
+                tg.inject_text(user, "/start");
+                injected_at.insert(user, Instant::now());
+                sent += 1;
+            }
         }
-    }
-    wait_messages(&rig, base + total as usize, Duration::from_secs(600)).await?;
-    let mut latencies: Vec<f64> = rig.telegram().all_messages()[base..]
+        wait_total(tg, base + total as usize, Duration::from_secs(600)).await
+    };
+    let (done, rss_peak) = peak_rss(bot.pid(), run).await;
+    done?;
+    let mut latencies: Vec<f64> = tg.all_messages()[base..]
         .iter()
         .filter_map(|m| {
             injected_at
@@ -250,7 +381,117 @@ async fn latency(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         pct(0.99),
         latencies.last().copied().unwrap_or(0.0)
     );
+    println!(
+        "latency: RSS {:.1} MiB before, peak {:.1} MiB during the run",
+        mib(rss_before),
+        mib(rss_peak)
+    );
     Ok(())
+}
+
+/// Exec to the first getUpdates and to the first reply, `--starts` times,
+/// each against a fresh fake that holds one update from before the start.
+async fn startup(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let data_dir = std::env::temp_dir().join(format!("actorbot-startup-{}", std::process::id()));
+    let mut result = Ok(());
+    for start in 0..args.starts.max(1) {
+        let tg = FakeTelegram::start(FakeTelegramConfig {
+            token: TOKEN.into(),
+            record_calls: true,
+            workers: 1,
+            ..Default::default()
+        })?;
+        tg.inject_text(5_000_000, "/start");
+        let mut command = match &args.peer {
+            Some(command) => peer_command(command, &tg)?,
+            None => {
+                std::fs::create_dir_all(&data_dir)?;
+                actorbot_command(args, &tg, &data_dir)?
+            }
+        };
+        let exec = Instant::now();
+        let child = command.spawn()?;
+        let mut peer = Peer { tg, child };
+        let timed = first_poll_and_reply(&mut peer, exec).await;
+        let (poll, reply) = match timed {
+            Ok(timed) => timed,
+            Err(err) => {
+                result = Err(err);
+                break;
+            }
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = Process::Pid(peer.child.id()).rss_bytes();
+        let what = match (&args.peer, start) {
+            (Some(_), _) => "start",
+            (None, 0) => "start, fresh data directory",
+            (None, _) => "restart",
+        };
+        println!(
+            "startup {} ({what}): exec → first getUpdates {:.1} ms, → first reply {:.1} ms; RSS {:.1} MiB a second later",
+            start + 1,
+            poll.as_secs_f64() * 1000.0,
+            reply.as_secs_f64() * 1000.0,
+            mib(rss)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&data_dir);
+    result
+}
+
+/// The time from `exec` to the bot's first getUpdates, and to its first
+/// message.
+async fn first_poll_and_reply(
+    peer: &mut Peer,
+    exec: Instant,
+) -> Result<(Duration, Duration), Box<dyn std::error::Error>> {
+    let deadline = exec + Duration::from_secs(60);
+    loop {
+        if let Some(status) = peer.child.try_wait()? {
+            return Err(format!("the bot exited at start with {status}").into());
+        }
+        if Instant::now() > deadline {
+            return Err("the bot sent no reply within 60 s of its start".into());
+        }
+        let reply = peer.tg.all_messages().first().map(|m| m.at);
+        let poll = peer
+            .tg
+            .calls()
+            .iter()
+            .find(|c| c.method.eq_ignore_ascii_case("getUpdates"))
+            .map(|c| c.at);
+        if let (Some(poll), Some(reply)) = (poll, reply) {
+            return Ok((poll - exec, reply - exec));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// `actorbot run` as the rig starts it, against `tg`, with its data in
+/// `data_dir`.
+fn actorbot_command(
+    args: &Args,
+    tg: &FakeTelegram,
+    data_dir: &std::path::Path,
+) -> Result<Command, Box<dyn std::error::Error>> {
+    let http = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut command = Command::new(&args.daemon);
+    command
+        .arg("run")
+        .env("BOT_TOKEN", TOKEN)
+        .env("TELEGRAM_API_URL", tg.api_url())
+        .env("HTTP_ADDR", http.to_string())
+        .env("DATA_DIR", data_dir)
+        .env("DATABASE_URL", "")
+        .env("WEBHOOK_URL", "")
+        .env("RUST_LOG", "warn")
+        .env("APP_PROFILE", "high-load")
+        .envs(rig::unlimited(true))
+        .envs(args.env.iter().filter_map(|pair| pair.split_once('=')))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    Ok(command)
 }
 
 async fn memory(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
