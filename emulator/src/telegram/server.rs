@@ -298,6 +298,8 @@ fn call(
             "id": bot_id, "is_bot": true, "first_name": "Fake actorbot",
             "username": "fake_actorbot", "can_join_groups": true,
             "can_read_all_group_messages": false, "supports_inline_queries": false,
+            "can_connect_to_business": false, "has_main_web_app": false,
+            "has_topics_enabled": false, "allows_users_to_create_topics": false,
         })
         .into()),
         "setwebhook" => set_webhook(s, params),
