@@ -228,6 +228,12 @@ async fn writes_refused_then_restored(
     );
 
     unblock();
+    each_answered_once_and_confirmed(app, first_user, users, last).await;
+}
+
+/// Once writes work again: users `first_user + 1..=users` answered once
+/// each, the last update (`last`) confirmed, and `/ready` 200 again.
+async fn each_answered_once_and_confirmed(app: &TestApp, first_user: i64, users: i64, last: i64) {
     app.tg
         .wait_until(Duration::from_secs(60), |s| {
             (1..=users).all(|u| !s.messages_to(first_user + u).is_empty())
@@ -370,20 +376,5 @@ async fn a_read_only_sqlite_file_holds_intake_until_it_can_be_written() {
     // Writable again: the daemon opens its connections afresh and answers
     // every update once, with no restart.
     set_mode(0o666);
-    app.tg
-        .wait_until(Duration::from_secs(60), |s| {
-            (1..=users).all(|u| !s.messages_to(first_user + u).is_empty())
-        })
-        .await
-        .expect("every update answered once the file can be written");
-    let by_user = replies_by_user(&app);
-    for user in 1..=users {
-        assert_eq!(by_user[&(first_user + user)].len(), 1, "user {user}");
-    }
-    app.tg
-        .wait_confirmed(last, Duration::from_secs(10))
-        .await
-        .expect("and confirmed");
-    app.wait_for_json("/ready", Duration::from_secs(30), |s, _| s == 200)
-        .await;
+    each_answered_once_and_confirmed(&app, first_user, users, last).await;
 }
