@@ -3,8 +3,8 @@
 //! Start: open the database (migrating it), authorize with getMe (retrying
 //! while Telegram is unreachable, giving up at once on a refused token),
 //! register the command list, start the outbox, journal, sessions and
-//! router, replay what the inbox holds unfinished, then the cleanup
-//! scheduler, the HTTP server and last intake.
+//! router, the cleanup scheduler and the HTTP server, then resume the PDF
+//! jobs and replay what the inbox holds unfinished, and last intake.
 //!
 //! In a cluster ([`crate::cluster`]) every instance starts the same way up
 //! to the HTTP server, then waits for the leader lease: only the leader

@@ -214,6 +214,15 @@ async fn writes_refused_then_restored(
 
     block();
     let users = 20;
+    let last = held_while_writes_fail(app, first_user, users, reason).await;
+    unblock();
+    each_answered_once_and_confirmed(app, first_user, users, last).await;
+}
+
+/// While writes fail: users `first_user + 1..=users` send /start, `/ready`
+/// answers 503 with `reason` in its answer, and not every update is
+/// confirmed; answers the last update's id.
+async fn held_while_writes_fail(app: &TestApp, first_user: i64, users: i64, reason: &str) -> i64 {
     let mut last = 0;
     for user in 1..=users {
         last = app.tg.inject_text(first_user + user, "/start");
@@ -226,9 +235,7 @@ async fn writes_refused_then_restored(
         app.tg.confirmed_offset() <= last,
         "every update was confirmed although writes fail"
     );
-
-    unblock();
-    each_answered_once_and_confirmed(app, first_user, users, last).await;
+    last
 }
 
 /// Once writes work again: users `first_user + 1..=users` answered once
@@ -356,18 +363,7 @@ async fn a_read_only_sqlite_file_holds_intake_until_it_can_be_written() {
         .await;
     let users = 20;
     let first_user = 90_000;
-    let mut last = 0;
-    for user in 1..=users {
-        last = app.tg.inject_text(first_user + user, "/start");
-    }
-    let body = app
-        .wait_for_json("/ready", Duration::from_secs(30), |s, _| s == 503)
-        .await;
-    assert!(body.to_string().contains("readonly"), "{body}");
-    assert!(
-        app.tg.confirmed_offset() <= last,
-        "confirmed although nothing was journaled"
-    );
+    let last = held_while_writes_fail(&app, first_user, users, "readonly").await;
     assert!(
         app.tg.all_messages().is_empty(),
         "answered without a journal"

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use actorbot_actors::process::Process;
 use actorbot_testkit::openai::{FakeAi, FakeAiConfig};
 use actorbot_testkit::rig::{self, Rig, RigConfig};
-use actorbot_testkit::telegram::{FakeTelegram, FakeTelegramConfig};
+use actorbot_testkit::telegram::{FakeState, FakeTelegram, FakeTelegramConfig};
 use clap::Parser;
 
 /// The fakes share the machine with the daemon: allocation should cost
@@ -446,24 +446,35 @@ async fn first_poll_and_reply(
     exec: Instant,
 ) -> Result<(Duration, Duration), Box<dyn std::error::Error>> {
     let deadline = exec + Duration::from_secs(60);
-    loop {
-        if let Some(status) = peer.child.try_wait()? {
-            return Err(format!("the bot exited at start with {status}").into());
-        }
-        if Instant::now() > deadline {
-            return Err("the bot sent no reply within 60 s of its start".into());
-        }
-        let reply = peer.tg.all_messages().first().map(|m| m.at);
-        let poll = peer
-            .tg
+    // The fake stamps each call and message as it takes it, so waking up
+    // on its state later than that changes no figure.
+    let first = |s: &FakeState| {
+        let poll = s
             .calls()
             .iter()
             .find(|c| c.method.eq_ignore_ascii_case("getUpdates"))
             .map(|c| c.at);
-        if let (Some(poll), Some(reply)) = (poll, reply) {
+        poll.zip(s.messages().first().map(|m| m.at))
+    };
+    loop {
+        if let Some(status) = peer.child.try_wait()? {
+            return Err(format!("the bot exited at start with {status}").into());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("the bot sent no reply within 60 s of its start".into());
+        }
+        // In slices, to notice a bot that exits meanwhile.
+        let slice = left.min(Duration::from_millis(100));
+        if peer
+            .tg
+            .wait_until(slice, |s| first(s).is_some())
+            .await
+            .is_ok()
+            && let Some((poll, reply)) = peer.tg.read(first)
+        {
             return Ok((poll - exec, reply - exec));
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
