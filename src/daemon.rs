@@ -45,7 +45,7 @@ use crate::health::summary::Summary;
 use crate::http;
 use crate::images::ImagePool;
 use crate::intake::polling::{Poller, StopPolling};
-use crate::journal::{DoneMarks, Flush, Journal};
+use crate::journal::{DoneMarks, Flush, InFlight, Journal};
 use crate::pdf::jobs::{PdfJobs, ResumeJobs, StopJobs};
 use crate::retune;
 use crate::router::{Replay, Router, Sessions, StopIntake};
@@ -162,7 +162,8 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         })
         .collect();
     let telegram = Telegram::sharded(shards.clone(), shard_limits.capacity);
-    let done_marks = DoneMarks::new(journal.clone());
+    let in_flight = InFlight::default();
+    let done_marks = DoneMarks::new(journal.clone(), in_flight.clone());
     let cache = Arc::new(
         open_cache(
             &config,
@@ -183,7 +184,7 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
     );
     // Images and PDFs share an event loop; their CPU work runs on the
     // pools' own threads.
-    let memory = MemoryGauge::default();
+    let memory = MemoryGauge::new(in_flight.clone());
     let documents_arbiter = Arbiter::new();
     let images = {
         let build = ImagePool::builder(&config, image_cache.clone(), memory.clone())
@@ -252,9 +253,9 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         session_group,
         move |chat_id: &i64| Session::new(*chat_id, deps.clone()),
     );
-    let router_parts = (sessions.clone(), journal.clone());
+    let router_parts = (sessions.clone(), journal.clone(), in_flight);
     let router = tree.start(root, "router", &Arbiter::current(), move |_| {
-        Router::new(router_parts.0, router_parts.1)
+        Router::new(router_parts.0, router_parts.1, router_parts.2)
     });
 
     let scheduler = tree.start(root, "scheduler", &Arbiter::current(), |_| Scheduler::new());

@@ -16,10 +16,10 @@
 //! written again (both writes are idempotent), and the records' callers get
 //! their answer from the second write, with their updates counted as new.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actorbot_actors::fault;
@@ -39,6 +39,62 @@ pub struct Record(pub Vec<InboxRow>);
 #[rtype(result = "()")]
 pub struct Done(pub Vec<i64>);
 
+/// The updates handed to their sessions and not yet ended: what the daemon
+/// has taken and still holds in memory, in a session's mailbox, the AI
+/// queue or the outbox. Intake reads the count to bound that work under
+/// `MEMORY_LIMIT_MB` ([`crate::health::memory::admit`]).
+///
+/// An update counts from just before the router hands it over until its
+/// done mark, or until its reply is left for the next start. One whose end
+/// is never heard stops counting after [`IN_FLIGHT_HORIZON`], so that a
+/// path that forgot to end an update cannot throttle intake for good.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<Mutex<Open>>);
+
+/// An update still counted after this long has had its end missed.
+pub const IN_FLIGHT_HORIZON: Duration = Duration::from_secs(600);
+
+#[derive(Default)]
+struct Open {
+    since: HashMap<i64, Instant>,
+    /// When entries past the horizon were last dropped.
+    pruned: Option<Instant>,
+}
+
+impl InFlight {
+    fn open(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An update is being handed to its session.
+    pub fn began(&self, update_id: i64) {
+        self.open().since.insert(update_id, Instant::now());
+    }
+
+    /// An update has ended (done, or left for the next start).
+    pub fn ended(&self, update_id: i64) {
+        self.open().since.remove(&update_id);
+    }
+
+    /// Updates in flight now.
+    pub fn count(&self) -> usize {
+        self.count_at(Instant::now())
+    }
+
+    fn count_at(&self, now: Instant) -> usize {
+        let mut open = self.open();
+        let due = open
+            .pruned
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
+        if due {
+            open.pruned = Some(now);
+            open.since
+                .retain(|_, since| now.saturating_duration_since(*since) < IN_FLIGHT_HORIZON);
+        }
+        open.since.len()
+    }
+}
+
 /// Where sessions send done marks, and the count of replies posted and not
 /// yet ended, which the shutdown waits for. A reply counts until its done
 /// mark is in the journal's mailbox, so a [`Flush`] sent after the count
@@ -53,6 +109,8 @@ pub struct Done(pub Vec<i64>);
 pub struct DoneMarks {
     journal: Addr<Journal>,
     in_flight: Arc<AtomicUsize>,
+    /// The updates not yet ended, which a done mark ends.
+    updates: InFlight,
     gathered: Arc<Mutex<Gathered>>,
     /// Woken each time the count of replies in flight falls to zero.
     idle: Arc<tokio::sync::Notify>,
@@ -69,10 +127,11 @@ struct Gathered {
 }
 
 impl DoneMarks {
-    pub fn new(journal: Addr<Journal>) -> DoneMarks {
+    pub fn new(journal: Addr<Journal>, updates: InFlight) -> DoneMarks {
         DoneMarks {
             journal,
             in_flight: Arc::default(),
+            updates,
             gathered: Arc::default(),
             idle: Arc::default(),
         }
@@ -108,12 +167,14 @@ impl DoneMarks {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// A posted reply has ended: delivered or refused for good (`Some`, its
-    /// update is done), or failed in a way a replay may fix (`None`).
-    pub fn reply_ended(&self, done: Option<i64>) {
-        match done {
-            Some(update_id) => self.gather(update_id, 1),
-            None => self.ended(1),
+    /// A posted reply has ended: delivered or refused for good (`done`, its
+    /// update is done), or failed in a way a replay may fix.
+    pub fn reply_ended(&self, update_id: i64, done: bool) {
+        if done {
+            self.gather(update_id, 1);
+        } else {
+            self.updates.ended(update_id);
+            self.ended(1);
         }
     }
 
@@ -127,6 +188,7 @@ impl DoneMarks {
     }
 
     fn gather(&self, update_id: i64, replies: usize) {
+        self.updates.ended(update_id);
         let mut gathered = self.gathered();
         gathered.marks.push(update_id);
         gathered.replies += replies;
@@ -414,5 +476,40 @@ impl Handler<Probe> for Journal {
                 .detail("pending_done_marks", self.done.len())
                 .detail("failed_writes", self.failed_writes),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_counts_from_its_hand_over_to_its_end() {
+        let updates = InFlight::default();
+        updates.began(1);
+        updates.began(2);
+        updates.began(2);
+        assert_eq!(updates.count(), 2);
+        updates.ended(1);
+        updates.ended(1);
+        updates.ended(3);
+        assert_eq!(
+            updates.count(),
+            1,
+            "ending twice or unknown ends nothing more"
+        );
+    }
+
+    #[test]
+    fn an_update_whose_end_was_missed_stops_counting_after_the_horizon() {
+        let updates = InFlight::default();
+        updates.began(1);
+        let now = Instant::now();
+        assert_eq!(updates.count_at(now), 1);
+        updates.began(2);
+        assert_eq!(
+            updates.count_at(now + IN_FLIGHT_HORIZON + Duration::from_secs(1)),
+            0
+        );
     }
 }

@@ -28,7 +28,7 @@ use actorbot_actors::probe::{Health, Probe, Vitals};
 use actorbot_actors::registry::{KeyedRegistry, RouteError};
 
 use crate::intake::{HandoffError, Incoming};
-use crate::journal::{Journal, Record};
+use crate::journal::{InFlight, Journal, Record};
 use crate::metrics;
 use crate::session::{HandleUpdate, Session};
 use crate::storage::InboxRow;
@@ -88,16 +88,19 @@ type Undelivered = Arc<Mutex<Handover>>;
 pub struct Router {
     sessions: Sessions,
     journal: Addr<Journal>,
+    /// Counts each update handed over until it ends.
+    in_flight: InFlight,
     stopping: bool,
     vitals: Vitals,
     undelivered: Undelivered,
 }
 
 impl Router {
-    pub fn new(sessions: Sessions, journal: Addr<Journal>) -> Router {
+    pub fn new(sessions: Sessions, journal: Addr<Journal>, in_flight: InFlight) -> Router {
         Router {
             sessions,
             journal,
+            in_flight,
             stopping: false,
             vitals: Vitals::new(0),
             undelivered: Undelivered::default(),
@@ -143,6 +146,7 @@ fn lock(undelivered: &Undelivered) -> std::sync::MutexGuard<'_, Handover> {
 async fn dispatch(
     sessions: Sessions,
     undelivered: Undelivered,
+    in_flight: InFlight,
     updates: Vec<(i64, RawUpdate)>,
 ) -> Result<(), HandoffError> {
     lock(&undelivered).queue.extend(updates);
@@ -151,10 +155,14 @@ async fn dispatch(
             return Ok(());
         };
         let update_id = update.update_id;
+        // Counted before the session has it, so that its end, however
+        // soon, comes after.
+        in_flight.began(update_id);
         if let Err(RouteError::Closed(_) | RouteError::Full(_)) =
             sessions.route(chat_id, HandleUpdate(update)).await
         {
             // Journaled already: replayed at the next start.
+            in_flight.ended(update_id);
             lock(&undelivered).queue.clear();
             return Err(HandoffError::ShuttingDown);
         }
@@ -171,7 +179,12 @@ impl Actor for Router {
         ctx.set_mailbox_capacity(64);
         // After a restart: what was taken and not handed over goes first.
         if !lock(&self.undelivered).queue.is_empty() {
-            let work = dispatch(self.sessions.clone(), self.undelivered.clone(), Vec::new());
+            let work = dispatch(
+                self.sessions.clone(),
+                self.undelivered.clone(),
+                self.in_flight.clone(),
+                Vec::new(),
+            );
             ctx.wait(work.into_actor(self).map(|result, _, _| {
                 if let Err(err) = result {
                     log::warn!(
@@ -209,6 +222,7 @@ impl Handler<Incoming> for Router {
         let journal = self.journal.clone();
         let sessions = self.sessions.clone();
         let undelivered = self.undelivered.clone();
+        let in_flight = self.in_flight.clone();
         let work = async move {
             if rows.is_empty() {
                 return Ok(());
@@ -242,7 +256,7 @@ impl Handler<Incoming> for Router {
             // Journaled and not yet handed over: the case the undelivered
             // queue is for.
             fault::hit("router");
-            dispatch(sessions, undelivered, Vec::new()).await
+            dispatch(sessions, undelivered, in_flight, Vec::new()).await
         };
         AtomicResponse::new(Box::pin(work.into_actor(self)))
     }
@@ -253,7 +267,12 @@ impl Handler<Replay> for Router {
 
     fn handle(&mut self, msg: Replay, _: &mut Self::Context) -> Self::Result {
         let updates = routable(msg.0);
-        let work = dispatch(self.sessions.clone(), self.undelivered.clone(), updates);
+        let work = dispatch(
+            self.sessions.clone(),
+            self.undelivered.clone(),
+            self.in_flight.clone(),
+            updates,
+        );
         AtomicResponse::new(Box::pin(work.into_actor(self)))
     }
 }

@@ -314,7 +314,7 @@ async fn an_unreachable_database_is_a_clear_error_without_the_password() {
 #[actix_rt::test]
 async fn done_marks_of_ended_replies_are_written_by_the_next_flush() {
     use actix::Actor;
-    use actorbot::journal::{DoneMarks, Flush, Journal, Record};
+    use actorbot::journal::{DoneMarks, Flush, InFlight, Journal, Record};
 
     let storage = Storage::open(&sqlite_config()).await.expect("opens");
     let journal = Journal::new(storage.clone()).start();
@@ -325,16 +325,16 @@ async fn done_marks_of_ended_replies_are_written_by_the_next_flush() {
         .unwrap();
     assert_eq!(new.len(), 5);
 
-    let marks = DoneMarks::new(journal.clone());
+    let marks = DoneMarks::new(journal.clone(), InFlight::default());
     for _ in 0..4 {
         marks.reply_posted();
     }
     assert_eq!(marks.replies_in_flight(), 4);
     // Three delivered, one given up on for a replay, one needing no reply.
     for id in 1..=3 {
-        marks.reply_ended(Some(id));
+        marks.reply_ended(id, true);
     }
-    marks.reply_ended(None);
+    marks.reply_ended(4, false);
     marks.mark(5);
     assert_eq!(marks.replies_in_flight(), 3, "gathered until the turn ends");
     tokio::time::timeout(Duration::from_secs(5), async {

@@ -79,6 +79,7 @@ pub const TUNABLE: &[&str] = &[
     "alert_rss_mb",
     "alert_quiet_period",
     "memory_limit_mb",
+    "memory_per_update_kb",
     // Cleanup.
     "cleanup_interval",
     "inbox_retention",

@@ -176,6 +176,7 @@ pub struct Config {
     pub alert_queue_depth: u64,
     pub alert_rss_mb: u64,
     pub memory_limit_mb: u64,
+    pub memory_per_update_kb: u64,
     pub alert_quiet_period: f64,
     pub admin_http_token: Secret,
     pub debug_endpoints: bool,
@@ -413,6 +414,7 @@ impl Config {
             ("max_download_bytes", self.max_download_bytes),
             ("max_image_pixels", self.max_image_pixels as usize),
             ("image_cache_size", self.image_cache_size),
+            ("memory_per_update_kb", self.memory_per_update_kb as usize),
         ] {
             if value == 0 {
                 return Err(invalid(name, "expected a positive integer"));

@@ -10,11 +10,20 @@
 //! Intake reads the figure itself before each batch: past the soft mark it
 //! takes small batches with a pause between them, and at the limit it stops
 //! taking updates (their offsets stay unconfirmed, so Telegram keeps them)
-//! until memory is back under the soft mark. The health checker alerts the admins meanwhile, and `/health`
-//! says "degraded" with the figure.
+//! until memory is back under the soft mark. The health checker alerts the
+//! admins meanwhile, and `/health` says "degraded" with the figure.
 //!
-//! The decision is [`judge`], plain code; the actor only reads the figure
-//! and carries the decision out.
+//! Shedding and holding act on what comes next; the updates already taken
+//! go on allocating as they are answered (a session's history grows by the
+//! answer, the outbox holds the reply). So intake also bounds the work in
+//! flight by the room left ([`admit`]): every update taken and not yet
+//! ended is reckoned at `MEMORY_PER_UPDATE_KB`, and intake takes no more
+//! than fit between the resident memory and the limit. Far under the limit
+//! the bound is loose (a 2 GiB limit leaves room for tens of thousands);
+//! near it, intake takes updates as fast as earlier ones end.
+//!
+//! The decisions are [`judge`] and [`admit`], plain code; the actor only
+//! reads the figure and carries the decisions out.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -27,6 +36,7 @@ use tokio::sync::watch;
 
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::journal::InFlight;
 use crate::router::Sessions;
 
 /// How often the figure is read.
@@ -65,6 +75,33 @@ pub fn judge(rss_mb: f64, limit_mb: u64, before: Pressure) -> Pressure {
     }
 }
 
+/// Updates intake may take while none is in flight, whatever the room:
+/// what holds the memory then is not new work, and the bot keeps answering
+/// while the guard sheds.
+pub const LEAST: usize = 10;
+
+/// How many more updates intake may take now: the `open` ones, reckoned at
+/// `per_update_kb` each, and the new ones must fit between `rss_mb` and
+/// `limit_mb` (0: no limit, no bound). Nothing at the limit.
+pub fn admit(
+    pressure: Pressure,
+    rss_mb: f64,
+    limit_mb: u64,
+    open: usize,
+    per_update_kb: u64,
+) -> usize {
+    if limit_mb == 0 {
+        return usize::MAX;
+    }
+    if pressure == Pressure::Hard {
+        return 0;
+    }
+    let room_kb = ((limit_mb as f64 - rss_mb) * 1024.0).max(0.0);
+    let fit = (room_kb / per_update_kb.max(1) as f64) as usize;
+    let room = fit.saturating_sub(open);
+    if open == 0 { room.max(LEAST) } else { room }
+}
+
 /// The pressure, shared with those who act on it (intake, the pools).
 #[derive(Clone, Default)]
 pub struct MemoryGauge {
@@ -77,9 +114,33 @@ pub struct MemoryGauge {
     /// soft mark is then what the daemon needs, and holding intake would
     /// hold it for good.
     floor: Arc<std::sync::atomic::AtomicBool>,
+    /// `MEMORY_PER_UPDATE_KB` as the guard last read it.
+    per_update_kb: Arc<AtomicU64>,
+    /// The updates taken and not yet ended.
+    in_flight: InFlight,
 }
 
 impl MemoryGauge {
+    pub fn new(in_flight: InFlight) -> MemoryGauge {
+        MemoryGauge {
+            in_flight,
+            ..MemoryGauge::default()
+        }
+    }
+
+    /// How many updates intake may take now ([`admit`]); reads the
+    /// resident memory first, as [`MemoryGauge::refresh`].
+    pub fn admit(&self) -> usize {
+        let pressure = self.refresh();
+        admit(
+            pressure,
+            self.rss_mb(),
+            self.limit_mb.load(Ordering::Relaxed),
+            self.in_flight.count(),
+            self.per_update_kb.load(Ordering::Relaxed),
+        )
+    }
+
     /// Reads the resident memory now and judges it (a read of
     /// `/proc/self/statm`): intake calls this before each batch, so that it
     /// stops within one batch of the limit rather than within the guard's
@@ -99,8 +160,9 @@ impl MemoryGauge {
         now
     }
 
-    fn set_limit(&self, limit_mb: u64) {
+    fn set_limit(&self, limit_mb: u64, per_update_kb: u64) {
         self.limit_mb.store(limit_mb, Ordering::Relaxed);
+        self.per_update_kb.store(per_update_kb, Ordering::Relaxed);
     }
 
     pub fn pressure(&self) -> Pressure {
@@ -124,11 +186,6 @@ impl MemoryGauge {
     /// Whether new image and PDF jobs are to be refused.
     pub fn refuses_jobs(&self) -> bool {
         self.pressure() >= Pressure::Soft
-    }
-
-    /// Whether intake must hold.
-    pub fn holds_intake(&self) -> bool {
-        self.pressure() == Pressure::Hard
     }
 }
 
@@ -169,8 +226,11 @@ impl MemoryGuard {
     }
 
     fn check(&mut self) {
-        let limit = self.config.borrow().memory_limit_mb;
-        self.gauge.set_limit(limit);
+        let (limit, per_update) = {
+            let config = self.config.borrow();
+            (config.memory_limit_mb, config.memory_per_update_kb)
+        };
+        self.gauge.set_limit(limit, per_update);
         let before = self.logged;
         let now = if limit == 0 {
             // No limit: the figure is still shown.
@@ -273,6 +333,7 @@ impl Handler<Probe> for MemoryGuard {
             report
                 .detail("limit_mb", limit)
                 .detail("rss_mb", mb.round())
+                .detail("updates_in_flight", self.gauge.in_flight.count())
                 .detail("sessions_shed", self.shed_sessions)
                 .detail("cache_entries_shed", self.shed_entries),
         )
@@ -296,5 +357,21 @@ mod tests {
         // From the soft side the same figure is only shedding.
         assert_eq!(judge(95.0, limit, Soft), Soft);
         assert_eq!(judge(10_000.0, 0, Hard), Normal, "no limit");
+    }
+
+    #[test]
+    fn intake_takes_what_fits_in_the_room_left() {
+        use Pressure::*;
+        // 10 MB left at 100 KB an update: 102 fit, 40 are in flight.
+        assert_eq!(admit(Normal, 90.0, 100, 40, 100), 62);
+        assert_eq!(admit(Soft, 90.0, 100, 40, 100), 62);
+        // More in flight than fit: none until some end.
+        assert_eq!(admit(Soft, 95.0, 100, 200, 100), 0);
+        // None in flight: a few, whatever the room.
+        assert_eq!(admit(Soft, 99.9, 100, 0, 100), LEAST);
+        assert_eq!(admit(Normal, 120.0, 100, 0, 100), LEAST);
+        // At the limit nothing; with no limit no bound.
+        assert_eq!(admit(Hard, 95.0, 100, 0, 100), 0);
+        assert_eq!(admit(Normal, 5_000.0, 0, 1_000_000, 100), usize::MAX);
     }
 }

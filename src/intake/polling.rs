@@ -38,8 +38,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// wait for updates.
 const EMPTY_PAUSE: Duration = Duration::from_millis(250);
 
-/// How often intake looks again while memory is at the limit, and its
-/// pause between batches past the soft mark.
+/// How often intake looks again while memory is at the limit or the work
+/// in flight fills the room under it, and its pause between batches past
+/// the soft mark.
 const MEMORY_PAUSE: Duration = Duration::from_millis(100);
 
 /// The most updates one getUpdates takes past the soft mark.
@@ -124,7 +125,8 @@ impl Poller {
             return;
         }
         let Some(api) = self.api.clone() else { return };
-        let limit = match self.memory.refresh() {
+        let room = self.memory.admit();
+        let limit = match self.memory.pressure() {
             Pressure::Normal => self.limit,
             // Shedding: small batches, so that what is taken meanwhile
             // stays small.
@@ -144,6 +146,15 @@ impl Poller {
                 return;
             }
         };
+        // What is in flight already fills the room left under the limit:
+        // nothing more until some of it ends.
+        let limit = limit.min(u32::try_from(room).unwrap_or(u32::MAX));
+        if limit == 0 {
+            crate::metrics::INTAKE_HELD_MEMORY.inc();
+            self.stage = Stage::Waiting;
+            self.current = Some(ctx.run_later(MEMORY_PAUSE, |act, ctx| act.poll(ctx)));
+            return;
+        }
         self.paced = false;
         let params = self.params(self.timeout, limit);
         self.stage = Stage::Polling;

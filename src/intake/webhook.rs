@@ -26,8 +26,9 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub struct WebhookState {
     pub sink: Recipient<Incoming>,
     pub secret: Secret,
-    /// At the memory limit deliveries are turned away for Telegram to
-    /// retry ([`crate::health::memory`]).
+    /// At the memory limit, or while the work in flight fills the room
+    /// under it, deliveries are turned away for Telegram to retry
+    /// ([`crate::health::memory`]).
     pub memory: MemoryGauge,
 }
 
@@ -77,7 +78,7 @@ pub async fn receive(
         );
         return HttpResponse::Unauthorized().finish();
     }
-    if state.memory.holds_intake() {
+    if state.memory.admit() == 0 {
         crate::metrics::INTAKE_HELD_MEMORY.inc();
         // Telegram delivers it again later; nothing is lost.
         return HttpResponse::ServiceUnavailable()

@@ -95,7 +95,7 @@ pub async fn deliver(
                         "send failed ({what}): update_id={update_id} chat_id={chat_id}: {err}"
                     );
                 }
-                done.reply_ended((step == Step::Done).then_some(update_id));
+                done.reply_ended(update_id, step == Step::Done);
                 return result;
             }
         }
