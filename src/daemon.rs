@@ -35,6 +35,7 @@ use crate::bot::commands;
 use crate::cache::Cache;
 use crate::cleanup;
 use crate::cluster::elector::{Elector, Release};
+use crate::cluster::relay::Relay;
 use crate::cluster::{LeaseLost, Role};
 use crate::config::Config;
 use crate::config::live::{Live, Origin};
@@ -417,6 +418,17 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         Err(err) => log::warn!("could not resume PDF jobs: {err}"),
     }
     replay(&storage, &router).await?;
+    if cluster.is_some() && config.webhook_enabled() {
+        // Every instance takes deliveries into the inbox; the leader routes.
+        let parts = (
+            storage.clone(),
+            router.clone(),
+            config.database_url.expose().to_string(),
+        );
+        tree.start(root, "relay", &Arbiter::current(), move |_| {
+            Relay::new(parts.0, parts.1, parts.2)
+        });
+    }
 
     let poller = start_intake(
         &config,
@@ -653,6 +665,12 @@ async fn replay(storage: &Storage, router: &Addr<Router>) -> anyhow::Result<()> 
     if pending.is_empty() {
         return Ok(());
     }
+    // In a cluster's webhook mode some may wait in the relay too: they are
+    // routed here, once, and not by the relay after.
+    storage
+        .inbox_unrelay(pending.iter().map(|row| row.update_id).collect())
+        .await
+        .context("cannot clear the relay")?;
     let updates: Vec<RawUpdate> = pending
         .into_iter()
         .filter_map(|row| RawUpdate::from_json(&row.body))

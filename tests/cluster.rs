@@ -1,8 +1,10 @@
 //! Several instances, one bot (`CLUSTER=true`) on one PostgreSQL and one
 //! fake Telegram: a standby takes over from a leader killed under load, a
 //! rolling restart hands the lease over without losing or repeating
-//! anything, a leader cut off from the database stops, and a deposed
-//! leader's writes are refused by the fencing token.
+//! anything, a leader cut off from the database stops, a failover keeps
+//! Telegram's flood limits, and in webhook mode deliveries spread over
+//! all three instances are routed by the leader, once and in order, across
+//! a kill -9 of the leader.
 //!
 //! Skipped (visibly) without `ACTORBOT_TEST_POSTGRES_URL`.
 
@@ -339,4 +341,60 @@ async fn a_failover_keeps_telegrams_flood_limits() {
     let sent = load.await.expect("the load ran");
     all_answered_in_order(&tg, &sent).await;
     assert_eq!(tg.rejected_429(), 0, "Telegram's limits were passed");
+}
+
+#[actix_rt::test]
+async fn webhook_deliveries_spread_over_three_instances_are_answered_once_in_order() {
+    let Some(db) = PgDatabase::create("the cluster's webhook") else {
+        return;
+    };
+    let a = instance(&db.url, "a", None).webhook().start().await;
+    assert_eq!(leader_among(&[&a], WAIT).await, 0);
+    let b = instance(&db.url, "b", Some(&a.tg)).webhook().start().await;
+    let c = instance(&db.url, "c", Some(&a.tg)).webhook().start().await;
+    let tg = a.tg.clone();
+    // A load balancer in front of the three: each delivery to any of them.
+    tg.spread_webhook_over(
+        [&a, &b, &c]
+            .iter()
+            .map(|app| format!("{}/telegram/webhook", app.base_url()))
+            .collect(),
+    );
+    let (users, rounds) = (1_000, 6);
+    let load = chatting(&tg, 70_000, users, rounds, Duration::from_millis(400));
+    tg.wait_for_total_messages(2 * users as usize, WAIT)
+        .await
+        .expect("the leader answers");
+    // Each instance took deliveries into the shared inbox.
+    for (name, app) in [("a", &a), ("b", &b), ("c", &c)] {
+        let (_, metrics) = app.get("/metrics").await;
+        let taken = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("actorbot_updates_received_total{source=\"webhook\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(taken > 0.0, "instance {name} took no delivery");
+    }
+    // The leader dies: its deliveries fail and go to the others, and a
+    // standby routes what they take.
+    let (_, _) = a.kill();
+    let killed = Instant::now();
+    let answered_before_kill = tg.total_messages();
+    let new = leader_among(&[&b, &c], WAIT).await;
+    let took = killed.elapsed();
+    let sent = load.await.expect("the load ran");
+    let repeated = all_answered_in_order(&tg, &sent).await;
+    for (chat, seq, first) in &repeated {
+        assert!(
+            *first < answered_before_kill,
+            "chat {chat} /seq{seq}: first answered after the kill, and again"
+        );
+    }
+    wait_all_done(&db.url).await;
+    eprintln!(
+        "webhook over three instances: {} updates; the leader killed, {} led after {took:?}; {} answered twice",
+        sent.values().map(Vec::len).sum::<usize>(),
+        ["b", "c"][new],
+        repeated.len()
+    );
 }

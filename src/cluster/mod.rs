@@ -21,6 +21,7 @@
 //! calls and carries the decisions out.
 
 pub mod elector;
+pub mod relay;
 
 use std::time::{Duration, Instant};
 

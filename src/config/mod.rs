@@ -434,12 +434,6 @@ impl Config {
                     "needs DATABASE_URL=postgres://…: the instances share the inbox and the leader lease in PostgreSQL",
                 ));
             }
-            if self.webhook_enabled() {
-                return Err(invalid(
-                    "cluster",
-                    "works with long polling only: unset WEBHOOK_URL",
-                ));
-            }
             if !(self.cluster_lease_ttl >= 1.0 && self.cluster_lease_ttl <= 300.0) {
                 return Err(invalid(
                     "cluster_lease_ttl",

@@ -127,9 +127,17 @@ impl Observed {
         if let Some((_, roles)) = &self.cluster {
             let role = *roles.borrow();
             if poller.is_none() && role == Role::Standby {
+                let (mode, health) = if self.webhook.is_some() {
+                    (
+                        "webhook",
+                        "standby: deliveries go to the shared inbox, the leader routes them",
+                    )
+                } else {
+                    ("polling", "standby: the leader polls")
+                };
                 return (
                     Health::Healthy,
-                    json!({"mode": "polling", "role": "standby", "health": "standby: the leader polls"}),
+                    json!({"mode": mode, "role": "standby", "health": health}),
                 );
             }
         }
@@ -207,6 +215,7 @@ pub fn server(
                 sink,
                 secret: config.webhook_secret.clone(),
                 memory: observed.memory.clone(),
+                relay: observed.cluster.is_some().then(|| observed.storage.clone()),
             }),
         )
     });

@@ -9,6 +9,12 @@
 //! overloaded) the answer is 503 and Telegram delivers it again later.
 //! A body that is not an update is logged and acknowledged: Telegram would
 //! only send the same bytes again.
+//!
+//! In a cluster any instance may receive a delivery (a load balancer in
+//! front of them all): the update is written to the shared inbox and the
+//! relay, and the answer is 200 once that commits; the leader routes it
+//! ([`crate::cluster::relay`]). A delivery Telegram retried finds its
+//! update in the inbox and is acknowledged without being relayed again.
 
 use crate::health::memory::MemoryGauge;
 use actix::Recipient;
@@ -17,6 +23,7 @@ use futures_util::StreamExt;
 
 use super::Incoming;
 use crate::config::Secret;
+use crate::storage::{InboxRow, Storage};
 use crate::telegram::update::RawUpdate;
 
 pub const SECRET_HEADER: &str = "X-Telegram-Bot-Api-Secret-Token";
@@ -30,6 +37,9 @@ pub struct WebhookState {
     /// under it, deliveries are turned away for Telegram to retry
     /// ([`crate::health::memory`]).
     pub memory: MemoryGauge,
+    /// In a cluster: updates go to the shared inbox for the leader, not to
+    /// this instance's router.
+    pub relay: Option<Storage>,
 }
 
 /// Why a body was not read.
@@ -114,6 +124,9 @@ pub async fn receive(
     crate::metrics::UPDATES_IN
         .with_label_values(&["webhook"])
         .inc();
+    if let Some(storage) = &state.relay {
+        return relay(storage, update).await;
+    }
     let refused = match state.sink.send(Incoming(vec![update])).await {
         Ok(Ok(())) => return HttpResponse::Ok().finish(),
         Ok(Err(err)) => err.to_string(),
@@ -121,4 +134,41 @@ pub async fn receive(
     };
     log::warn!("webhook: update_id={update_id} not taken, Telegram will retry: {refused}");
     HttpResponse::ServiceUnavailable().finish()
+}
+
+/// Writes `update` to the shared inbox for the leader; 200 once it is
+/// committed, 503 (Telegram delivers it again) if it could not be.
+async fn relay(storage: &Storage, update: RawUpdate) -> HttpResponse {
+    let update_id = update.update_id;
+    let Some(chat_id) = update.chat_id() else {
+        // Taken and set aside, as the router does with such an update.
+        crate::metrics::UPDATES_SKIPPED
+            .with_label_values(&["unhandled"])
+            .inc();
+        log::warn!(
+            "skipping update_id={update_id} kind={}: it belongs to no chat",
+            update.kind()
+        );
+        return HttpResponse::Ok().finish();
+    };
+    let row = InboxRow {
+        update_id,
+        chat_id: Some(chat_id),
+        body: update.body.to_string(),
+    };
+    match storage.inbox_relay(row).await {
+        Ok(true) => HttpResponse::Ok().finish(),
+        Ok(false) => {
+            crate::metrics::UPDATES_SKIPPED
+                .with_label_values(&["duplicate"])
+                .inc();
+            HttpResponse::Ok().finish()
+        }
+        Err(err) => {
+            log::warn!(
+                "webhook: update_id={update_id} could not be written for the leader, Telegram will retry: {err}"
+            );
+            HttpResponse::ServiceUnavailable().finish()
+        }
+    }
 }

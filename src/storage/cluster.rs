@@ -110,7 +110,7 @@ pub struct InstanceRow {
 }
 
 impl Storage {
-    async fn on_postgres<T, F>(&self, work: F) -> Result<T, StorageError>
+    pub(super) async fn on_postgres<T, F>(&self, work: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
         F: FnOnce(&mut PgConnection) -> Result<T, StorageError> + Send + 'static,

@@ -155,9 +155,11 @@ macro_rules! upsert_user {
 // Each table's queries in a file of their own, using the macros above.
 mod cluster;
 mod dead_letters;
+mod relay;
 mod tables;
 pub use cluster::{Fence, InstanceRow, LeaseRow};
 pub use dead_letters::DeadLetter;
+pub use relay::RELAY_CHANNEL;
 
 /// The figures of the connection pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -278,6 +278,13 @@ impl FakeTelegram {
         self.state().update(|s| s.sloppy_polling = true);
     }
 
+    /// Posts each webhook delivery to one of `urls` at random rather than
+    /// to the URL the bot set: a load balancer in front of several
+    /// instances of the bot.
+    pub fn spread_webhook_over(&self, urls: Vec<String>) {
+        self.state().update(|s| s.webhook_targets = urls);
+    }
+
     /// Answers the next call matching `when` with `failure` instead.
     pub fn fail_next(&self, when: FailureMatch, failure: Failure) {
         self.state().update(|s| s.failures.push((when, failure)));

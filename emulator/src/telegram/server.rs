@@ -885,14 +885,19 @@ fn require_chat(params: &Params) -> Result<i64, ApiError> {
 }
 
 /// Delivers queued updates to the webhook, as Telegram does: POST with the
-/// secret header, up to `max_connections` at once, retried with backoff
-/// until the bot answers 2xx.
+/// secret header, up to `max_connections` at once but one at a time per
+/// chat (a chat's next update goes once its last was answered), retried
+/// with backoff until the bot answers 2xx.
 pub(crate) async fn deliver_webhooks(shared: Arc<Shared>) {
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(60))
         .finish();
     let mut backoff = Duration::from_millis(50);
+    // Mixed into the choice of target, so that a delivery retried after a
+    // failure may go to another instance, as a load balancer does.
+    let mut round: i64 = 0;
     loop {
+        round += 1;
         if shared.state.read(|s| s.webhook.is_none()) {
             shared.webhook_set.notified().await;
             continue;
@@ -903,15 +908,28 @@ pub(crate) async fn deliver_webhooks(shared: Arc<Shared>) {
                 s.webhook.is_none() || !s.queue.is_empty()
             })
             .await;
-        let Some((hook, batch)) = shared.state.read(|s| {
+        let Some((hook, targets, batch)) = shared.state.read(|s| {
             let hook = s.webhook.clone()?;
             let n = hook.max_connections.unwrap_or(40) as usize;
-            Some((hook, s.queue.iter().take(n).cloned().collect::<Vec<_>>()))
+            let mut chats = std::collections::HashSet::new();
+            let batch = s
+                .queue
+                .iter()
+                .filter(|(_, update)| chat_of(update).is_none_or(|chat| chats.insert(chat)))
+                .take(n)
+                .cloned()
+                .collect::<Vec<_>>();
+            Some((hook, s.webhook_targets.clone(), batch))
         }) else {
             continue;
         };
         let posts = batch.into_iter().map(|(id, update)| {
-            let mut request = client.post(&hook.url);
+            let url = if targets.is_empty() {
+                &hook.url
+            } else {
+                &targets[spread(id ^ (round << 40)) % targets.len()]
+            };
+            let mut request = client.post(url);
             if let Some(secret) = &hook.secret_token {
                 request =
                     request.insert_header(("X-Telegram-Bot-Api-Secret-Token", secret.as_str()));
@@ -944,6 +962,27 @@ pub(crate) async fn deliver_webhooks(shared: Arc<Shared>) {
             backoff = Duration::from_millis(50);
         }
     }
+}
+
+/// The chat an update belongs to, if it names one.
+fn chat_of(update: &serde_json::value::RawValue) -> Option<i64> {
+    let update: Value = serde_json::from_str(update.get()).ok()?;
+    update.as_object()?.values().find_map(|content| {
+        content
+            .get("chat")
+            .or_else(|| content.get("message").and_then(|m| m.get("chat")))
+            .and_then(|chat| chat.get("id"))
+            .and_then(Value::as_i64)
+    })
+}
+
+/// A well-mixed number from an update id (splitmix64): which instance
+/// behind the load balancer gets it.
+fn spread(id: i64) -> usize {
+    let mut z = (id as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as usize
 }
 
 /// `POST /_fake/updates`: a raw update (its `update_id` is assigned), or

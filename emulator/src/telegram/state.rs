@@ -186,6 +186,9 @@ pub struct FakeState {
     pub(crate) commands: Vec<BotCommand>,
     pub(crate) webhook: Option<WebhookInfo>,
     pub(crate) webhook_deliveries: usize,
+    /// Deliveries go to one of these at random instead of the webhook's
+    /// URL: a load balancer in front of several instances.
+    pub(crate) webhook_targets: Vec<String>,
     pub(crate) failures: Vec<(FailureMatch, Failure)>,
     /// A failure that answers every matching call until it is lifted: an
     /// outage.
@@ -230,6 +233,7 @@ impl FakeState {
             commands: Vec::new(),
             webhook: None,
             webhook_deliveries: 0,
+            webhook_targets: Vec::new(),
             failures: Vec::new(),
             outage: None,
             sloppy_polling: false,
