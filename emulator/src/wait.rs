@@ -52,6 +52,12 @@ impl<T> Watched<T> {
         result
     }
 
+    /// Changes the state without waking the waiters: a change no
+    /// condition reads.
+    pub(crate) fn quietly<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Waits until `condition` holds or `timeout` passes.
     pub(crate) async fn until(
         &self,

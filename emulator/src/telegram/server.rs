@@ -399,7 +399,7 @@ fn call(
                 return Err(ApiError::bad_request("message is too long"));
             }
             check_formatting(params, &text)?;
-            s.drafts.push(Draft {
+            s.record_draft(Draft {
                 chat_id,
                 draft_id,
                 text,
@@ -1091,12 +1091,25 @@ pub(crate) async fn chat_news(
 ) -> ChatNews {
     if !timeout.is_zero() && (messages.is_some() || drafts.is_some()) {
         // The answer comes either way: the counts say whether it changed.
-        let _ = state
-            .until(format!("news in chat {chat_id}"), timeout, |s| {
-                let (sent, drafted) = s.chat_counts(chat_id);
-                messages.is_some_and(|n| sent > n) || drafts.is_some_and(|n| drafted > n)
-            })
-            .await;
+        // Woken by news in this chat only, not by every change.
+        let changed = |s: &FakeState| {
+            let (sent, drafted) = s.chat_counts(chat_id);
+            messages.is_some_and(|n| sent > n) || drafts.is_some_and(|n| drafted > n)
+        };
+        let news = state.quietly(|s| s.news_of(chat_id));
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = news.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if state.read(changed) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        state.quietly(|s| s.release_news(chat_id, news));
     }
     state.read(|s| s.chat_news(chat_id, messages))
 }

@@ -2,7 +2,10 @@
 //! every call it made, scripted failures and the flood-limit buckets.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -135,6 +138,15 @@ pub struct ChatNews {
     pub new: Vec<SentMessage>,
 }
 
+/// What [`FakeState::by_chat`] keeps of one chat.
+#[derive(Default)]
+pub(crate) struct ChatIndex {
+    messages: Vec<usize>,
+    drafts: usize,
+    /// Woken at each message or draft to the chat, while someone waits.
+    news: Option<Arc<Notify>>,
+}
+
 /// One sendMessageDraft call.
 #[derive(Clone, Debug, Serialize)]
 pub struct Draft {
@@ -180,6 +192,11 @@ pub struct FakeState {
     pub(crate) next_message_id: i64,
     pub(crate) messages: Vec<SentMessage>,
     pub(crate) drafts: Vec<Draft>,
+    /// Each chat's messages (their places in `messages`), its count of
+    /// drafts and the waiters for its news: a load tool with a million
+    /// chats asks about one chat at a time, and each question costs what
+    /// that chat has, not what all have.
+    pub(crate) by_chat: HashMap<i64, ChatIndex>,
     pub(crate) calls: Vec<Call>,
     pub(crate) actions: Vec<(i64, String, Instant)>,
     pub(crate) callback_answers: Vec<(String, Option<String>)>,
@@ -227,6 +244,7 @@ impl FakeState {
             next_message_id: 1,
             messages: Vec::new(),
             drafts: Vec::new(),
+            by_chat: HashMap::new(),
             calls: Vec::new(),
             actions: Vec::new(),
             callback_answers: Vec::new(),
@@ -266,11 +284,47 @@ impl FakeState {
     }
 
     pub fn messages_to(&self, chat_id: i64) -> Vec<SentMessage> {
-        self.messages
-            .iter()
-            .filter(|m| m.chat_id == chat_id)
-            .cloned()
-            .collect()
+        self.by_chat.get(&chat_id).map_or_else(Vec::new, |chat| {
+            chat.messages
+                .iter()
+                .map(|&i| self.messages[i].clone())
+                .collect()
+        })
+    }
+
+    /// What wakes the waiters for a chat's news; give it back with
+    /// [`FakeState::release_news`].
+    pub(crate) fn news_of(&mut self, chat_id: i64) -> Arc<Notify> {
+        self.by_chat
+            .entry(chat_id)
+            .or_default()
+            .news
+            .get_or_insert_with(Arc::default)
+            .clone()
+    }
+
+    /// Drops a chat's waker once its last waiter is done with it.
+    pub(crate) fn release_news(&mut self, chat_id: i64, news: Arc<Notify>) {
+        if let Some(chat) = self.by_chat.get_mut(&chat_id)
+            && chat.news.as_ref().is_some_and(|n| Arc::ptr_eq(n, &news))
+            && Arc::strong_count(&news) == 2
+        {
+            chat.news = None;
+        }
+    }
+
+    fn chat_changed(&mut self, chat_id: i64) -> &mut ChatIndex {
+        let chat = self.by_chat.entry(chat_id).or_default();
+        if let Some(news) = &chat.news {
+            news.notify_waiters();
+        }
+        chat
+    }
+
+    /// Records a sendMessageDraft call.
+    pub(crate) fn record_draft(&mut self, draft: Draft) {
+        self.chat_changed(draft.chat_id).drafts += 1;
+        self.drafts.push(draft);
     }
 
     /// How many messages the bot has sent to all chats.
@@ -280,27 +334,22 @@ impl FakeState {
 
     /// How many messages and drafts the bot has sent to a chat.
     pub fn chat_counts(&self, chat_id: i64) -> (usize, usize) {
-        (
-            self.messages
-                .iter()
-                .filter(|m| m.chat_id == chat_id)
-                .count(),
-            self.drafts.iter().filter(|d| d.chat_id == chat_id).count(),
-        )
+        self.by_chat
+            .get(&chat_id)
+            .map_or((0, 0), |chat| (chat.messages.len(), chat.drafts))
     }
 
     /// A chat's counts and its messages after the first `after`.
     pub fn chat_news(&self, chat_id: i64, after: Option<usize>) -> ChatNews {
         let (messages, drafts) = self.chat_counts(chat_id);
-        let new = match after {
-            Some(after) => self
+        let new = match (after, self.by_chat.get(&chat_id)) {
+            (Some(after), Some(chat)) => chat
                 .messages
                 .iter()
-                .filter(|m| m.chat_id == chat_id)
                 .skip(after)
-                .cloned()
+                .map(|&i| self.messages[i].clone())
                 .collect(),
-            None => Vec::new(),
+            _ => Vec::new(),
         };
         ChatNews {
             messages,
@@ -367,6 +416,8 @@ impl FakeState {
     /// Records a message the bot sent and wakes the waiters whose total it
     /// reaches.
     pub(crate) fn record_message(&mut self, message: SentMessage) {
+        let place = self.messages.len();
+        self.chat_changed(message.chat_id).messages.push(place);
         self.messages.push(message);
         let total = self.messages.len();
         if self.total_waiters.iter().any(|(n, _)| *n <= total) {
