@@ -66,6 +66,19 @@ impl Bucket {
         self.tokens = self.tokens.min(0.0);
     }
 
+    /// The tokens there are at `now`.
+    pub fn tokens_at(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        (self.tokens + elapsed * self.rate).min(self.burst)
+    }
+
+    /// Sets the tokens there are at `now` (at most the burst): a bucket
+    /// carried over from a saved state.
+    pub fn set_tokens(&mut self, tokens: f64, now: Instant) {
+        self.updated = now;
+        self.tokens = tokens.min(self.burst);
+    }
+
     /// Whether the bucket is full again, so forgetting it loses nothing.
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);

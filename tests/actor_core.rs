@@ -59,6 +59,30 @@ async fn an_idle_session_is_saved_and_restored() {
 }
 
 #[actix_rt::test]
+async fn a_retired_session_comes_back_with_its_hourly_allowance_spent() {
+    let per_hour = 3;
+    let app = TestApp::builder()
+        .env("USER_STATE_TIMEOUT", 0.3)
+        .env("RATE_LIMIT_PER_USER", per_hour)
+        .env("ANTI_FLOOD_MESSAGES", 100)
+        .start()
+        .await;
+    for _ in 0..per_hour {
+        app.tg.inject_text(902, "/help");
+    }
+    app.tg.wait_for_messages(902, per_hour, WAIT).await.unwrap();
+    app.wait_for_log("retiring chat_id=902 (Idle)", WAIT).await;
+    // A fresh session, restored from the saved state: not a fresh hour.
+    app.tg.inject_text(902, "/help");
+    app.tg
+        .wait_for_messages(902, per_hour + 1, WAIT)
+        .await
+        .unwrap();
+    let last = &app.tg.messages_to(902)[per_hour].text;
+    assert!(last.contains("hourly limit"), "{last}");
+}
+
+#[actix_rt::test]
 async fn the_cap_on_live_sessions_holds() {
     let app = unthrottled(TestApp::builder())
         .env("MAX_USER_STATES", 10)

@@ -61,6 +61,19 @@ impl UserLimiter {
         }
     }
 
+    /// What is left of the hourly allowance at `now`, for the saved state.
+    pub fn hourly_left(&self, now: Instant) -> f64 {
+        self.hourly.tokens_at(now)
+    }
+
+    /// Carries over the hourly allowance a saved state had `ago`: what was
+    /// left then, refilled since. A user whose session was retired (or who
+    /// moved to another instance of a cluster) does not get a fresh hour.
+    pub fn resume_hourly(&mut self, left: f64, ago: Duration, rate: &RateLimits, now: Instant) {
+        let refilled = left + ago.as_secs_f64() * f64::from(rate.per_hour) / 3600.0;
+        self.hourly.set_tokens(refilled.max(0.0), now);
+    }
+
     pub fn check(&mut self, now: Instant) -> Verdict {
         let hourly_at = self.hourly.ready_at(now);
         let flood_at = self.flood.ready_at(now);

@@ -262,7 +262,10 @@ impl Session {
         if !self.unreadable_state {
             // Otherwise the stored text stays as it was, for an operator to
             // look at, rather than be saved over with an empty one.
-            record.state = serde_json::to_string(&self.chat.conversation).unwrap_or_default();
+            let conversation = self
+                .chat
+                .conversation_to_save(Instant::now(), crate::storage::now_millis());
+            record.state = serde_json::to_string(&conversation).unwrap_or_default();
         }
         record
     }
@@ -413,7 +416,11 @@ impl Actor for Session {
                     match loaded {
                         Ok(Some(record)) => {
                             match serde_json::from_str(&record.state) {
-                                Ok(conversation) => this.chat.conversation = conversation,
+                                Ok(conversation) => this.chat.restore(
+                                    conversation,
+                                    Instant::now(),
+                                    crate::storage::now_millis(),
+                                ),
                                 Err(err) => {
                                     log::error!(
                                         "chat_id={}: the stored conversation state cannot be read ({err}); \

@@ -27,6 +27,17 @@ pub struct Conversation {
     pub epoch: u32,
     /// Photos collected for the next /pdf, already checked to decode.
     pub photos: Vec<PhotoRef>,
+    /// The hourly allowance left when the state was saved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowance: Option<Allowance>,
+}
+
+/// What was left of a user's hourly allowance, and when (Unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allowance {
+    /// Messages left, in thousandths.
+    pub left_milli: u64,
+    pub at: i64,
 }
 
 /// A question to the assistant and the update that asked it.
@@ -175,6 +186,37 @@ impl Chat {
             self.limiter = UserLimiter::new(&policy.limits, now);
         }
         self.policy = policy;
+    }
+
+    /// The conversation as it is to be saved at `now`, with what is left
+    /// of the hourly allowance.
+    pub fn conversation_to_save(&self, now: Instant, now_ms: i64) -> Conversation {
+        let left = self.limiter.hourly_left(now).max(0.0);
+        Conversation {
+            allowance: Some(Allowance {
+                left_milli: (left * 1000.0) as u64,
+                at: now_ms,
+            }),
+            ..self.conversation.clone()
+        }
+    }
+
+    /// Takes a conversation loaded from the record: the hourly allowance it
+    /// saved goes on from where it was, refilled for the time since.
+    pub fn restore(&mut self, conversation: Conversation, now: Instant, now_ms: i64) {
+        if let Some(allowance) = conversation.allowance {
+            let ago = Duration::from_millis(u64::try_from(now_ms - allowance.at).unwrap_or(0));
+            self.limiter.resume_hourly(
+                allowance.left_milli as f64 / 1000.0,
+                ago,
+                &self.policy.limits,
+                now,
+            );
+        }
+        self.conversation = Conversation {
+            allowance: None,
+            ..conversation
+        };
     }
 
     fn changed(&mut self, effects: &mut Vec<Effect>) {
@@ -648,6 +690,55 @@ mod tests {
         assert!(replied(&quiet).is_none());
         let after = text(&mut chat, 102, "/help", now + window);
         assert_eq!(replied(&after).unwrap().0, "command");
+    }
+
+    #[test]
+    fn the_hourly_allowance_carries_over_a_save_and_a_restore() {
+        let policy = policy();
+        let (per_hour, window) = (policy.limits.per_hour, policy.limits.flood_window);
+        let (mut chat, start) = chat(policy.clone());
+        // Spend the hour's allowance, as fast as the anti-flood lets.
+        let mut now = start;
+        let hourly_refusal = |effects: &[Effect]| {
+            replied(effects)
+                .is_some_and(|(kind, text)| kind == "rate_limit" && text.contains("hourly"))
+        };
+        let mut id = 0;
+        loop {
+            id += 1;
+            let effects = text(&mut chat, id, "/help", now);
+            if hourly_refusal(&effects) {
+                break;
+            }
+            if effects.contains(&Effect::Skipped("rate_limited")) {
+                now += window;
+            }
+            assert!(id < 10 * i64::from(per_hour), "the hourly limit never came");
+        }
+        let saved_ms = 1_000_000;
+        let saved =
+            serde_json::to_string(&chat.conversation_to_save(now, saved_ms)).expect("saved");
+
+        // Restored at once (another session, another instance): still spent.
+        let (mut again, _) = chat_of(policy.clone(), false);
+        again.restore(serde_json::from_str(&saved).expect("read"), now, saved_ms);
+        assert!(
+            again.conversation.allowance.is_none(),
+            "kept in the limiter"
+        );
+        let refused = text(&mut again, 500, "/help", now);
+        assert!(hourly_refusal(&refused), "{refused:?}");
+
+        // Restored an hour later: refilled.
+        let (mut later, _) = chat_of(policy, false);
+        let hour = 3_600_000;
+        later.restore(
+            serde_json::from_str(&saved).expect("read"),
+            now,
+            saved_ms + hour,
+        );
+        let answered = text(&mut later, 501, "/help", now);
+        assert_eq!(replied(&answered).unwrap().0, "command");
     }
 
     #[test]
