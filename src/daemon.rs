@@ -379,7 +379,7 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
     let intake_probe = observed.intake.clone();
     let webhook_set = observed.webhook.clone();
     let retry = http::dead_letters::Retry(router.clone().recipient());
-    let server = http::server(
+    let (server, listening) = http::server(
         &config,
         router.clone().recipient(),
         retry,
@@ -390,7 +390,11 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
     .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
     let server_handle = server.handle();
     let server_task = actix_rt::spawn(server);
-    log::info!("HTTP endpoint on http://{}", config.http_addr);
+    log::info!("HTTP endpoint on http://{listening}");
+    if !config.http_addr_file.is_empty() {
+        write_whole(&config.http_addr_file, &listening.to_string())
+            .with_context(|| format!("cannot write HTTP_ADDR_FILE {}", config.http_addr_file))?;
+    }
     if !config.http_addr.ip().is_loopback() && config.admin_http_token.is_empty() {
         log::warn!(
             "HTTP_ADDR {} is reachable beyond this host and ADMIN_HTTP_TOKEN is not set: \
@@ -653,6 +657,14 @@ async fn open_cache(config: &Config, space: &'static str, ttl: Duration, capacit
             Cache::local(space, ttl, capacity)
         }
     }
+}
+
+/// Writes `text` to `path` whole: to a file beside it, then renamed over
+/// it, so that a reader never sees half of it.
+fn write_whole(path: &str, text: &str) -> std::io::Result<()> {
+    let partial = format!("{path}.partial");
+    std::fs::write(&partial, text)?;
+    std::fs::rename(&partial, path)
 }
 
 /// Routes what the inbox holds but was never finished: updates taken

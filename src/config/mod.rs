@@ -120,6 +120,7 @@ pub struct Config {
     pub outbox_capacity: usize,
 
     pub http_addr: SocketAddr,
+    pub http_addr_file: String,
 
     pub database_url: SecretUrl,
     pub db_pool_min_size: u32,

@@ -197,6 +197,7 @@ impl Observed {
 /// More routes for the server: the sandbox's web chat.
 pub type Extra = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 
+/// The server, listening, and the address it listens on.
 pub fn server(
     config: &Config,
     sink: Recipient<Incoming>,
@@ -204,7 +205,7 @@ pub fn server(
     observed: Observed,
     ops: ops::Ops,
     extra: Option<Extra>,
-) -> std::io::Result<Server> {
+) -> std::io::Result<(Server, std::net::SocketAddr)> {
     let retry = web::Data::new(retry);
     let guard = web::Data::new(ops::Guard::new(config));
     let debug = config.debug_endpoints;
@@ -292,9 +293,10 @@ pub fn server(
     .max_connections(MAX_CONNECTIONS_PER_WORKER)
     .disable_signals()
     .shutdown_timeout(5)
-    .bind(config.http_addr)?
-    .run();
-    Ok(server)
+    .bind(config.http_addr)?;
+    // With port 0 the system chose one.
+    let bound = server.addrs().first().copied().unwrap_or(config.http_addr);
+    Ok((server.run(), bound))
 }
 
 /// Lays the probe reports out as the supervision tree: each node of the

@@ -11,7 +11,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -102,8 +102,18 @@ impl TestAppBuilder {
             })
             .expect("the fake Telegram starts"),
         };
-        let http_addr = free_addr();
         let data_dir = self.data_dir.unwrap_or_else(|| unique_dir("data"));
+        // The daemon binds port 0 and says where in a file, so no other
+        // process can take the port between a choice and the bind. A
+        // webhook's URL names the port before the start: only then is one
+        // chosen here.
+        let addr_file = data_dir.join("http.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let http_addr = if self.webhook {
+            free_addr()
+        } else {
+            "127.0.0.1:0".parse().expect("an address")
+        };
         let mut command = Command::new(env!("CARGO_BIN_EXE_actorbot"));
         command
             .arg(if self.sandbox { "sandbox" } else { "run" })
@@ -114,6 +124,7 @@ impl TestAppBuilder {
             .env("BOT_TOKEN", TOKEN)
             .env("TELEGRAM_API_URL", tg.api_url())
             .env("HTTP_ADDR", http_addr.to_string())
+            .env("HTTP_ADDR_FILE", &addr_file)
             .env("DATA_DIR", &data_dir)
             .env(
                 "RUST_LOG",
@@ -158,6 +169,11 @@ impl TestAppBuilder {
                 }
             });
         }
+        let http_addr = if self.webhook {
+            http_addr
+        } else {
+            listening_at(&addr_file, &mut child, &log).await
+        };
         let app = TestApp {
             tg,
             child: Some(child),
@@ -459,8 +475,40 @@ impl LogBuffer {
         }
         self.changed.notify_waiters();
     }
+
+    fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
 }
 
+/// Where the daemon listens, once it has written `file`
+/// (`HTTP_ADDR_FILE`).
+async fn listening_at(file: &Path, child: &mut Child, log: &LogBuffer) -> SocketAddr {
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        if let Some(addr) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
+            return addr;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "the daemon exited with {status} before it listened; log:\n{}",
+                log.text()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not listen within {STARTUP:?}; log:\n{}",
+            log.text()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A port free now: for servers whose port must be named before they
+/// start (a webhook's URL, a third-party server's command line).
 pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
