@@ -47,6 +47,7 @@ use crate::http;
 use crate::images::ImagePool;
 use crate::intake::polling::{Poller, StopPolling};
 use crate::journal::{DoneMarks, Flush, InFlight, Journal};
+use crate::pdf::claims::Claimer;
 use crate::pdf::jobs::{PdfJobs, ResumeJobs, StopJobs};
 use crate::retune;
 use crate::router::{Replay, Router, Sessions, StopIntake};
@@ -57,14 +58,8 @@ use crate::telegram::params::{DeleteWebhookParams, SetMyCommandsParams, SetWebho
 use crate::telegram::update::RawUpdate;
 use crate::telegram::{BotApi, Endpoint, Telegram, TelegramError};
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    run_with(config, None).await
-}
-
-/// [`run`], with more routes on the HTTP endpoint (the sandbox's).
-pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let live = Live::for_loaded(config.clone());
+/// Fault injection for tests (`FAULT_PANIC`, `FAULT_HOLD`): off unless set.
+pub(crate) fn install_faults(config: &Config) -> anyhow::Result<()> {
     let faults = Faults::parse(&config.fault_panic, &config.fault_hold)
         .context("FAULT_PANIC / FAULT_HOLD")?;
     if fault::install(faults) {
@@ -74,9 +69,37 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
             config.fault_hold
         );
     }
-    let storage = Storage::open(&config)
-        .await
-        .context("cannot open the database")?;
+    Ok(())
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    run_with(config, None).await
+}
+
+/// [`run`], with more routes on the HTTP endpoint (the sandbox's).
+pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let live = Live::for_loaded(config.clone());
+    install_faults(&config)?;
+    let endpoint = Endpoint::new(&config).context("HTTPS_PROXY / HTTP_PROXY / ALL_PROXY")?;
+    if let Some(proxy) = endpoint.proxy() {
+        log::info!(
+            "the Bot API is reached through the proxy at {}",
+            proxy.authority()
+        );
+    }
+    let api = endpoint.client();
+    // The database (its migrations) and the Bot API (getMe) at once: the
+    // start waits for the slower of the two, not for both in turn.
+    // The first to fail ends the start.
+    let (storage, me) = tokio::try_join!(
+        async {
+            Storage::open(&config)
+                .await
+                .context("cannot open the database")
+        },
+        authorize(&api)
+    )?;
     log::info!("storage: {}", storage.describe());
     // In a cluster every write carries the leader's token: set before the
     // storage is handed to anyone.
@@ -91,15 +114,6 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
     std::fs::create_dir_all(&temp_dir)
         .with_context(|| format!("cannot create {}", temp_dir.display()))?;
 
-    let endpoint = Endpoint::new(&config).context("HTTPS_PROXY / HTTP_PROXY / ALL_PROXY")?;
-    if let Some(proxy) = endpoint.proxy() {
-        log::info!(
-            "the Bot API is reached through the proxy at {}",
-            proxy.authority()
-        );
-    }
-    let api = endpoint.client();
-    let me = authorize(&api).await?;
     let username = me.username.clone().unwrap_or_default();
     log::info!(
         "authorized as @{username} (id {}) at {}",
@@ -107,12 +121,17 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
         endpoint.display_url()
     );
 
+    // The command menu is a convenience: registered beside the start, not
+    // before it.
     let commands = SetMyCommandsParams::builder()
         .commands(commands::bot_commands())
         .build();
-    if let Err(err) = api.set_my_commands(&commands).await {
-        log::warn!("could not register the command list: {err}");
-    }
+    let menu_api = api.clone();
+    actix_rt::spawn(async move {
+        if let Err(err) = menu_api.set_my_commands(&commands).await {
+            log::warn!("could not register the command list: {err}");
+        }
+    });
 
     let (tree, gave_up) = supervision_tree(&config);
     let root = tree.root();
@@ -201,6 +220,10 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
             telegram.clone(),
             images.clone(),
             memory.clone(),
+            // In a cluster the jobs are claimed from the shared table.
+            config
+                .cluster
+                .then(|| Claimer::from_config(&config, config.instance_name(), config.job_local)),
         )
         .context("cannot start the PDF workers")?;
         tree.start(root, "pdf", &documents_arbiter.handle(), move |_| jobs)
@@ -618,7 +641,7 @@ fn tree_intensity(config: &Config) -> Intensity {
 
 /// The supervision tree, one for one at the root, and what tells the
 /// daemon that it gave up.
-fn supervision_tree(config: &Config) -> (Tree, Arc<tokio::sync::Notify>) {
+pub(crate) fn supervision_tree(config: &Config) -> (Tree, Arc<tokio::sync::Notify>) {
     let gave_up = Arc::new(tokio::sync::Notify::new());
     let notify = gave_up.clone();
     let tree = Tree::new(
@@ -639,7 +662,12 @@ fn supervision_tree(config: &Config) -> (Tree, Arc<tokio::sync::Notify>) {
 
 /// The answer cache: Redis when `REDIS_URL` is set and reachable, else in
 /// the process.
-async fn open_cache(config: &Config, space: &'static str, ttl: Duration, capacity: usize) -> Cache {
+pub(crate) async fn open_cache(
+    config: &Config,
+    space: &'static str,
+    ttl: Duration,
+    capacity: usize,
+) -> Cache {
     if config.redis_url.is_empty() {
         log::info!("{space} cache: in-process (REDIS_URL not set)");
         return Cache::local(space, ttl, capacity);
@@ -661,7 +689,7 @@ async fn open_cache(config: &Config, space: &'static str, ttl: Duration, capacit
 
 /// Writes `text` to `path` whole: to a file beside it, then renamed over
 /// it, so that a reader never sees half of it.
-fn write_whole(path: &str, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_whole(path: &str, text: &str) -> std::io::Result<()> {
     let partial = format!("{path}.partial");
     std::fs::write(&partial, text)?;
     std::fs::rename(&partial, path)
@@ -774,7 +802,7 @@ async fn role_reached(mut roles: watch::Receiver<Role>, reached: impl Fn(Role) -
 
 /// getMe until it answers. A refused token ends the start; anything else
 /// (no network, Telegram down) is waited out.
-async fn authorize(api: &BotApi) -> anyhow::Result<crate::telegram::client::Me> {
+pub(crate) async fn authorize(api: &BotApi) -> anyhow::Result<crate::telegram::client::Me> {
     let mut delay = Duration::from_millis(500);
     loop {
         match api.get_me().await {
@@ -810,7 +838,7 @@ async fn reload_on_hangup(live: Arc<Live>) {
     }
 }
 
-async fn wait_for_signal() -> &'static str {
+pub(crate) async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),

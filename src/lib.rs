@@ -1,7 +1,8 @@
 //! actorbot: a Telegram bot daemon built as an actor system on actix.
 //!
 //! The library holds the whole bot so that tests and tools can build parts
-//! of it; the `actorbot` binary is a thin command line over [`daemon`].
+//! of it; the `actorbot` binary is a thin command line over [`daemon`] (and
+//! [`worker`], the document pools alone).
 
 pub mod ai;
 pub mod bot;
@@ -27,3 +28,4 @@ pub mod sandbox;
 pub mod session;
 pub mod storage;
 pub mod telegram;
+pub mod worker;

@@ -1,5 +1,5 @@
-//! The `actorbot` command line: `run`, `sandbox`, `config`, `migrate`,
-//! `dashboard`, `dead-letters`, `healthcheck`.
+//! The `actorbot` command line: `run`, `worker`, `sandbox`, `loadtest`,
+//! `config`, `migrate`, `dashboard`, `dead-letters`, `healthcheck`.
 
 use std::process::ExitCode;
 
@@ -27,6 +27,9 @@ struct Cli {
 enum Command {
     /// Run the daemon until SIGTERM or SIGINT.
     Run,
+    /// Run only the PDF and image pools, taking document jobs from a
+    /// cluster's PostgreSQL (DATABASE_URL), until SIGTERM or SIGINT.
+    Worker,
     /// Try the bot without a token or a network: the daemon against a
     /// Telegram emulator in the same process, with a web chat at
     /// http://HTTP_ADDR/sandbox (and the offline AI stand-in unless
@@ -109,14 +112,14 @@ enum Command {
         #[arg(long, default_value_t = 5.0)]
         refresh: f64,
     },
-    /// Exit 0 if the running daemon's /health answers 200, else 1 (for
-    /// container health checks).
     /// List, retry or drop the updates set aside because they crashed their
     /// session every time they were handled.
     DeadLetters {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Exit 0 if the running daemon's /health answers 200, else 1 (for
+    /// container health checks).
     Healthcheck {
         /// The daemon's HTTP endpoint; default: http://HTTP_ADDR.
         #[arg(long)]
@@ -179,7 +182,8 @@ fn without_huge_pages() {
 fn without_huge_pages() {}
 
 /// Runs the daemon until it stops; the exit status says how it ended.
-fn serve(config: Config, extra: Option<actorbot::http::Extra>) -> ExitCode {
+/// The log, at `RUST_LOG` or `LOG_LEVEL`, with every secret masked.
+fn init_logging(config: &Config) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
     actorbot::logging::init(
         &filter,
@@ -190,6 +194,10 @@ fn serve(config: Config, extra: Option<actorbot::http::Extra>) -> ExitCode {
             config.admin_http_token.expose().to_string(),
         ],
     );
+}
+
+fn serve(config: Config, extra: Option<actorbot::http::Extra>) -> ExitCode {
+    init_logging(&config);
     let system = actix_rt::System::new();
     match system.block_on(actorbot::daemon::run_with(config, extra)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -230,6 +238,22 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             serve(config, None)
+        }
+        Command::Worker => {
+            if let Err(err) = config.require_token() {
+                eprintln!("actorbot: configuration error: {err}");
+                return ExitCode::from(2);
+            }
+            init_logging(&config);
+            let system = actix_rt::System::new();
+            match system.block_on(actorbot::worker::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    log::error!("{err:#}");
+                    eprintln!("actorbot worker: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Sandbox => {
             let mut config = config;

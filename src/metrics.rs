@@ -277,6 +277,18 @@ pub static DOCUMENT_JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Document jobs claimed from a cluster's shared table, by the worker that
+/// claimed them (an `actorbot worker`, or a leader's own pools).
+pub static JOBS_CLAIMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new("jobs_claimed_total", "document jobs claimed, by worker"),
+            &["worker"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// Time from a PDF job's acceptance to its delivery.
 pub static DOCUMENT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(

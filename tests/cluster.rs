@@ -398,3 +398,182 @@ async fn webhook_deliveries_spread_over_three_instances_are_answered_once_in_ord
         repeated.len()
     );
 }
+
+/// A job as the shared table has it.
+#[derive(diesel::QueryableByName, Debug)]
+struct Job {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    status: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    attempts: i32,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    claimed_by: Option<String>,
+}
+
+fn jobs(url: &str) -> Vec<Job> {
+    use diesel::{Connection, RunQueryDsl, pg::PgConnection};
+    let mut conn = PgConnection::establish(url).expect("PostgreSQL");
+    diesel::sql_query("SELECT id, status, attempts, claimed_by FROM jobs ORDER BY id")
+        .load(&mut conn)
+        .expect("the jobs")
+}
+
+/// Waits until `done(jobs)` holds.
+async fn wait_jobs(url: &str, what: &str, done: impl Fn(&[Job]) -> bool) -> Vec<Job> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = jobs(url);
+        if done(&now) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "{what}: jobs were {now:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `actorbot worker` for the cluster on `db`, sending through `tg`.
+fn worker(db: &str, name: &str, tg: &FakeTelegram) -> TestAppBuilder {
+    unthrottled(TestApp::builder())
+        .worker()
+        .with_fake(tg.clone())
+        .env("DATABASE_URL", db)
+        .env("INSTANCE_ID", name)
+        .env("RUST_LOG", "info")
+}
+
+/// The claims a process's `/metrics` counts for `worker`.
+async fn claimed(app: &TestApp, worker: &str) -> f64 {
+    let (_, metrics) = app.get("/metrics").await;
+    let line = format!("actorbot_jobs_claimed_total{{worker=\"{worker}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[actix_rt::test]
+async fn document_workers_share_the_jobs_and_a_killed_workers_jobs_are_delivered_once() {
+    use actorbot_testkit::openai::{FakeAi, FakeAiConfig};
+    let Some(db) = PgDatabase::create("document workers") else {
+        return;
+    };
+    let ai = FakeAi::start(FakeAiConfig::default()).expect("the fake AI starts");
+    // The leader's and the first worker's renders hold: the leader's until
+    // its gate opens, the first worker's for ever (it is killed).
+    let gates = common::unique_dir("gates");
+    std::fs::create_dir_all(&gates).expect("the gates' directory");
+    let (leader_gate, never) = (gates.join("leader"), gates.join("never"));
+    let (lease, leader_pdf, w1_pdf) = (2.0, 1usize, 2usize);
+    let a = instance(&db.url, "a", None)
+        .env("AI_API_URL", ai.api_url())
+        .env("JOB_LEASE", lease)
+        .env("JOB_CLAIM_INTERVAL", 0.05)
+        .env("PDF_SEMAPHORE_LIMIT", leader_pdf)
+        .env("FAULT_HOLD", format!("render={}", leader_gate.display()))
+        .start()
+        .await;
+    assert_eq!(leader_among(&[&a], WAIT).await, 0);
+    let tg = a.tg.clone();
+    let w1 = worker(&db.url, "w1", &tg)
+        .env("JOB_LEASE", lease)
+        .env("JOB_CLAIM_INTERVAL", 0.05)
+        .env("PDF_SEMAPHORE_LIMIT", w1_pdf)
+        .env("FAULT_HOLD", format!("render={}", never.display()))
+        .start()
+        .await;
+
+    // Each user has one exchange, then asks for the report of it.
+    let users: Vec<i64> = (90_001..=90_020).collect();
+    for user in &users {
+        tg.inject_text(*user, &format!("What is {user}?"));
+    }
+    for user in &users {
+        tg.wait_until(WAIT, |s| {
+            s.messages_to(*user)
+                .iter()
+                .any(|m| m.text.contains("earlier messages."))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: user {user} was not answered\n{}", a.log()));
+    }
+    for user in &users {
+        tg.inject_text(*user, "/report");
+    }
+    // The leader runs one at once, the first worker claims one per free
+    // worker; both hold them.
+    let held = wait_jobs(&db.url, "the leader and w1 hold their shares", |jobs| {
+        let by = |name: &str| {
+            jobs.iter()
+                .filter(|j| j.claimed_by.as_deref() == Some(name) && j.status == "running")
+                .count()
+        };
+        jobs.len() == users.len() && by("a") == leader_pdf && by("w1") == w1_pdf
+    })
+    .await;
+    let w1_jobs: Vec<i64> = held
+        .iter()
+        .filter(|j| j.claimed_by.as_deref() == Some("w1"))
+        .map(|j| j.id)
+        .collect();
+    // The cluster's /health shows who holds what.
+    let (_, health) = a.get_json("/health").await;
+    let claims = &health["cluster"]["job_claims"];
+    assert!(
+        claims.as_array().is_some_and(|c| c
+            .iter()
+            .any(|c| c["worker"] == "w1" && c["running"] == w1_pdf)),
+        "/health's job claims: {claims}"
+    );
+
+    // A second worker takes the rest.
+    let w2 = worker(&db.url, "w2", &tg)
+        .env("JOB_LEASE", lease)
+        .env("JOB_CLAIM_INTERVAL", 0.05)
+        .start()
+        .await;
+    let rest = users.len() - leader_pdf - w1_pdf;
+    wait_jobs(&db.url, "w2 delivers the rest", |jobs| {
+        jobs.iter().filter(|j| j.status == "done").count() == rest
+    })
+    .await;
+    assert_eq!(claimed(&w2, "w2").await as usize, rest);
+
+    // The first worker dies mid-render; the leader's gate opens.
+    let killed = Instant::now();
+    let _ = w1.kill();
+    std::fs::write(&leader_gate, b"").expect("the gate opens");
+    let finished = wait_jobs(&db.url, "every job delivered", |jobs| {
+        jobs.iter().all(|j| j.status == "done")
+    })
+    .await;
+    let took = killed.elapsed();
+    for job in finished.iter().filter(|j| w1_jobs.contains(&j.id)) {
+        assert_ne!(job.claimed_by.as_deref(), Some("w1"), "{job:?}");
+        assert_eq!(
+            job.attempts, 2,
+            "a killed worker's job counts its attempt: {job:?}"
+        );
+    }
+    assert!(
+        took >= Duration::from_secs_f64(lease * 0.6),
+        "w1's jobs were taken before its lease ended ({took:?})"
+    );
+    // Each user has exactly one report.
+    for user in &users {
+        let documents = tg
+            .messages_to(*user)
+            .iter()
+            .filter(|m| m.method == "sendDocument")
+            .count();
+        assert_eq!(documents, 1, "user {user} got {documents} reports");
+    }
+    assert!(claimed(&a, "a").await >= leader_pdf as f64);
+    eprintln!(
+        "document workers: {} jobs; w1 killed holding {}, taken over and delivered {took:?} later",
+        finished.len(),
+        w1_jobs.len()
+    );
+}

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::{Call, Effect, Lease, Outcome, Role};
 use crate::metrics;
-use crate::storage::{Fence, InstanceRow, LeaseRow, Storage, now_millis};
+use crate::storage::{ClaimCount, Fence, InstanceRow, LeaseRow, Storage, now_millis};
 
 pub struct Elector {
     lease: Lease,
@@ -231,8 +231,11 @@ pub struct ClusterView {
     pub lease_ttl_s: f64,
     /// The lease as the database has it, when it answers.
     pub lease: Option<LeaseRow>,
-    /// Instances heard from within three TTLs.
+    /// Instances heard from within three TTLs (`actorbot worker`s too,
+    /// with the role `worker`).
     pub instances: Vec<InstanceRow>,
+    /// Who runs document jobs now, and how many each.
+    pub job_claims: Vec<ClaimCount>,
     pub error: Option<String>,
 }
 
@@ -254,19 +257,24 @@ impl Handler<GetCluster> for Elector {
             lease_ttl_s: ttl.as_secs_f64(),
             lease: None,
             instances: Vec::new(),
+            job_claims: Vec::new(),
             error: self.last_error.clone(),
         };
         Box::pin(async move {
-            let (lease, instances) = tokio::join!(
+            let (lease, instances, claims) = tokio::join!(
                 storage.lease_read(),
-                storage.instances_recent(3 * ttl.as_millis() as i64)
+                storage.instances_recent(3 * ttl.as_millis() as i64),
+                storage.job_claims()
             );
-            match (lease, instances) {
-                (Ok(lease), Ok(instances)) => {
+            match (lease, instances, claims) {
+                (Ok(lease), Ok(instances), Ok(claims)) => {
                     view.lease = lease;
                     view.instances = instances;
+                    view.job_claims = claims;
                 }
-                (Err(err), _) | (_, Err(err)) => view.error = Some(err.to_string()),
+                (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
+                    view.error = Some(err.to_string())
+                }
             }
             view
         })

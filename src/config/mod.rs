@@ -160,6 +160,9 @@ pub struct Config {
     pub pdf_queue_size: usize,
     pub image_queue_size: usize,
     pub job_max_attempts: u32,
+    pub job_lease: f64,
+    pub job_claim_interval: f64,
+    pub job_local: bool,
     pub max_report_pages: usize,
     pub max_photos_per_pdf: usize,
     pub max_download_bytes: usize,
@@ -427,9 +430,17 @@ impl Config {
                 "expected normal, full or extra",
             ));
         }
+        if !(self.job_lease >= 2.0 && self.job_lease <= 3600.0) {
+            return Err(invalid("job_lease", "expected seconds from 2 to 3600"));
+        }
+        if !(self.job_claim_interval >= 0.01 && self.job_claim_interval <= 60.0) {
+            return Err(invalid(
+                "job_claim_interval",
+                "expected seconds from 0.01 to 60",
+            ));
+        }
         if self.cluster {
-            let url = self.database_url.expose();
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            if !self.database_is_postgres() {
                 return Err(invalid(
                     "cluster",
                     "needs DATABASE_URL=postgres://…: the instances share the inbox and the leader lease in PostgreSQL",
@@ -552,6 +563,12 @@ impl Config {
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "actorbot".into());
         format!("{host}-{}", std::process::id())
+    }
+
+    /// Whether `DATABASE_URL` names PostgreSQL (else SQLite is used).
+    pub fn database_is_postgres(&self) -> bool {
+        let url = self.database_url.expose();
+        url.starts_with("postgres://") || url.starts_with("postgresql://")
     }
 
     pub fn webhook_enabled(&self) -> bool {

@@ -9,7 +9,12 @@
 //!
 //! Priorities: an admin's job first, then shorter jobs before longer ones,
 //! so a one-page report does not wait behind a forty-page one.
+//!
+//! In a cluster the table is shared: a job recorded by the leader is run
+//! by whichever worker claims it ([`super::claims`]), the leader's own
+//! pools among them, and every record of its end is made under that claim.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -28,6 +33,7 @@ use tokio::sync::oneshot;
 
 use super::PdfError;
 use super::album::{AlbumPage, render_album};
+use super::claims::Claimer;
 use super::report::{
     Exchange, RenderedPdf, ReportLimits, ReportRequest, estimate_pages, render_report,
 };
@@ -158,12 +164,24 @@ struct Shared {
     memory: MemoryGauge,
     limits: ReportLimits,
     action_every: Duration,
+    /// In a cluster: the claims this process makes on the shared table.
+    claimer: Option<Claimer>,
 }
 
 pub struct PdfJobs {
     shared: Arc<Shared>,
     running: usize,
     delivered: u64,
+    /// In a cluster, once resumed: claiming jobs and renewing the leases.
+    claiming: bool,
+    /// A claim is on its way to the database.
+    looking: bool,
+    /// The claimed jobs under way here, whose leases are renewed.
+    held: HashSet<i64>,
+    /// Jobs being recorded to run here at once, not launched yet: they
+    /// count as running, so that a burst of submissions claims no more
+    /// than there are workers free.
+    reserved: usize,
 }
 
 impl PdfJobs {
@@ -173,6 +191,7 @@ impl PdfJobs {
         telegram: Telegram,
         images: Addr<ImagePool>,
         memory: MemoryGauge,
+        claimer: Option<Claimer>,
     ) -> std::io::Result<PdfJobs> {
         let pool = WorkerPool::new(PoolConfig {
             name: "pdf".into(),
@@ -195,9 +214,14 @@ impl PdfJobs {
                     max_pages: config.max_report_pages,
                 },
                 action_every: Config::secs(config.typing_interval),
+                claimer,
             }),
             running: 0,
             delivered: 0,
+            claiming: false,
+            looking: false,
+            held: HashSet::new(),
+            reserved: 0,
         })
     }
 
@@ -210,12 +234,131 @@ impl PdfJobs {
         ctx: &mut Context<Self>,
     ) {
         self.running += 1;
+        if self.shared.claimer.is_some() {
+            self.held.insert(row.id);
+        }
         let shared = self.shared.clone();
         let me = ctx.address();
+        let id = row.id;
         actix_rt::spawn(async move {
             let delivered = run(shared, row, spec, accepted).await;
-            me.do_send(Finished { delivered });
+            me.do_send(Finished { id, delivered });
         });
+    }
+
+    /// Starts a recorded job that `used` attempts had already been made
+    /// at before this one, or gives it up past `JOB_MAX_ATTEMPTS`: each
+    /// start that found it unfinished counted one, and a job that takes
+    /// the process down must not do so at every start.
+    fn start_recorded(&mut self, row: JobRow, used: i32, ctx: &mut Context<Self>) -> bool {
+        if used >= self.shared.max_attempts as i32 {
+            log::warn!("job {} gave up after {used} attempts", row.id);
+            give_up(self.shared.clone(), row);
+            return false;
+        }
+        match serde_json::from_str::<JobSpec>(&row.payload) {
+            Ok(spec) => {
+                log::info!("starting job {} ({})", row.id, row.kind);
+                self.launch(row, spec, None, ctx);
+                true
+            }
+            Err(err) => {
+                log::warn!("job {} has an unreadable payload: {err}", row.id);
+                let shared = self.shared.clone();
+                actix_rt::spawn(async move {
+                    let text = format!("unreadable payload: {err}");
+                    if let Err(err) =
+                        record(&shared, &row, job_status::FAILED, row.attempts, Some(text)).await
+                    {
+                        log::warn!("job {}: could not record its end: {err}", row.id);
+                    }
+                });
+                false
+            }
+        }
+    }
+
+    /// In a cluster: claims a job for each worker without one, every
+    /// `JOB_CLAIM_INTERVAL`, and renews the leases of those under way.
+    fn start_claiming(&mut self, ctx: &mut Context<Self>) {
+        let Some(claimer) = self.shared.claimer.clone() else {
+            return;
+        };
+        self.claiming = true;
+        ctx.run_interval(claimer.every, |this, ctx| this.claim(ctx));
+        ctx.run_interval(claimer.renew_every(), move |this, _| {
+            if this.held.is_empty() {
+                return;
+            }
+            let ids: Vec<i64> = this.held.iter().copied().collect();
+            let (storage, worker, lease) = (
+                this.shared.storage.clone(),
+                claimer.worker.clone(),
+                claimer.lease_ms(),
+            );
+            actix_rt::spawn(async move {
+                if let Err(err) = storage.jobs_renew(&worker, &ids, lease).await {
+                    log::warn!("could not renew the leases of {} jobs: {err}", ids.len());
+                }
+            });
+        });
+        self.claim(ctx);
+    }
+
+    fn claim(&mut self, ctx: &mut Context<Self>) {
+        let Some(claimer) = self.shared.claimer.clone() else {
+            return;
+        };
+        if self.looking || self.shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let wanted = claimer.to_claim(
+            self.shared.pool.stats().workers,
+            self.running + self.reserved,
+            self.shared.memory.refuses_jobs(),
+        );
+        if wanted == 0 {
+            return;
+        }
+        self.looking = true;
+        let storage = self.shared.storage.clone();
+        let worker = claimer.worker.clone();
+        ctx.spawn(
+            async move {
+                storage
+                    .jobs_claim(&worker, wanted, claimer.lease_ms())
+                    .await
+            }
+            .into_actor(self)
+            .map(|claimed, this, ctx| {
+                this.looking = false;
+                match claimed {
+                    Ok(rows) => {
+                        for row in rows {
+                            this.start_claimed(row, ctx);
+                        }
+                    }
+                    Err(err) => log::debug!("could not claim jobs: {err}"),
+                }
+            }),
+        );
+    }
+
+    /// A job this process has just claimed: the claim counted its attempt.
+    fn start_claimed(&mut self, row: JobRow, ctx: &mut Context<Self>) {
+        if let Some(claimer) = &self.shared.claimer {
+            metrics::JOBS_CLAIMED
+                .with_label_values(&[claimer.worker.as_str()])
+                .inc();
+            log::info!(
+                "job {} claimed by {} (attempt {})",
+                row.id,
+                claimer.worker,
+                row.attempts
+            );
+        }
+        let used = row.attempts - 1;
+        self.start_recorded(row, used, ctx);
     }
 }
 
@@ -224,6 +367,10 @@ impl Actor for PdfJobs {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
+        // A restart keeps the actor: its timers are set again.
+        if self.claiming {
+            self.start_claiming(ctx);
+        }
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -234,16 +381,22 @@ impl Actor for PdfJobs {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Finished {
+    id: i64,
     delivered: bool,
 }
 
 impl Handler<Finished> for PdfJobs {
     type Result = ();
 
-    fn handle(&mut self, msg: Finished, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Finished, ctx: &mut Self::Context) {
         self.running = self.running.saturating_sub(1);
+        // A job left unfinished here keeps its claim until the lease ends.
+        self.held.remove(&msg.id);
         if msg.delivered {
             self.delivered += 1;
+        }
+        if self.claiming {
+            self.claim(ctx);
         }
     }
 }
@@ -253,9 +406,11 @@ impl Handler<SubmitJob> for PdfJobs {
 
     fn handle(&mut self, msg: SubmitJob, ctx: &mut Self::Context) -> Self::Result {
         fault::hit("pdf");
-        // Refuse before writing anything when the queue is already full.
+        // Refuse before writing anything when the queue is already full
+        // (in a cluster leaving jobs to the workers, the table is the queue).
         let stats = self.shared.pool.stats();
-        if stats.queued >= stats.capacity || self.shared.memory.refuses_jobs() {
+        let local = self.shared.claimer.as_ref().is_none_or(|c| c.local);
+        if (local && stats.queued >= stats.capacity) || self.shared.memory.refuses_jobs() {
             metrics::DOCUMENT_JOBS
                 .with_label_values(&[msg.spec.kind(), "busy"])
                 .inc();
@@ -273,6 +428,15 @@ impl Handler<SubmitJob> for PdfJobs {
         };
         let spec = msg.spec;
         let me = ctx.address();
+        // In a cluster the job runs here at once if a worker is free, and
+        // is otherwise left to whichever claims it first.
+        let claim_here = self.shared.claimer.clone().filter(|claimer| {
+            claimer.to_claim(stats.workers, self.running + self.reserved, false) > 0
+        });
+        if claim_here.is_some() {
+            self.reserved += 1;
+        }
+        let claims = self.shared.claimer.is_some();
         // Off the actor: the insert and the wait for the job's first answer
         // do not hold its mailbox, and a restart of the actor loses neither
         // (the launch is a message in its mailbox).
@@ -281,6 +445,9 @@ impl Handler<SubmitJob> for PdfJobs {
                 Ok(row) => row,
                 Err(err) => {
                     log::warn!("could not record a job: {err}");
+                    if claim_here.is_some() {
+                        me.do_send(Unreserve);
+                    }
                     return Err(Refused::Storage(err));
                 }
             };
@@ -291,8 +458,44 @@ impl Handler<SubmitJob> for PdfJobs {
                 row.chat_id,
                 row.priority
             );
+            let row = match claim_here {
+                Some(claimer) => {
+                    match storage
+                        .job_claim(row.id, &claimer.worker, claimer.lease_ms())
+                        .await
+                    {
+                        Ok(Some(claimed)) => {
+                            metrics::JOBS_CLAIMED
+                                .with_label_values(&[claimer.worker.as_str()])
+                                .inc();
+                            claimed
+                        }
+                        // Another worker took it first, or the claim could
+                        // not be made: the job is recorded, a worker runs it.
+                        Ok(None) | Err(_) => {
+                            me.do_send(Unreserve);
+                            return Ok(Accepted {
+                                job_id: row.id,
+                                position: None,
+                            });
+                        }
+                    }
+                }
+                None if claims => {
+                    return Ok(Accepted {
+                        job_id: row.id,
+                        position: None,
+                    });
+                }
+                None => row,
+            };
             let (reply, answer) = oneshot::channel();
-            me.do_send(Launch { row, spec, reply });
+            me.do_send(Launch {
+                row,
+                spec,
+                reply,
+                reserved: claims,
+            });
             answer.await.unwrap_or(Err(Refused::Ended))
         })
     }
@@ -305,13 +508,31 @@ struct Launch {
     row: JobRow,
     spec: JobSpec,
     reply: oneshot::Sender<Result<Accepted, Refused>>,
+    /// It held a reservation, which the launch takes over.
+    reserved: bool,
 }
 
 impl Handler<Launch> for PdfJobs {
     type Result = ();
 
     fn handle(&mut self, msg: Launch, ctx: &mut Self::Context) {
+        if msg.reserved {
+            self.reserved = self.reserved.saturating_sub(1);
+        }
         self.launch(msg.row, msg.spec, Some(msg.reply), ctx);
+    }
+}
+
+/// A reservation made for a job that will not run here after all.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Unreserve;
+
+impl Handler<Unreserve> for PdfJobs {
+    type Result = ();
+
+    fn handle(&mut self, _: Unreserve, _: &mut Self::Context) {
+        self.reserved = self.reserved.saturating_sub(1);
     }
 }
 
@@ -319,10 +540,18 @@ impl Handler<Launch> for PdfJobs {
 /// the pool's threads, and report back by message.
 impl Supervised for PdfJobs {}
 
+/// In a cluster, resuming is claiming: the jobs a dead worker held come
+/// back once their leases end, and any worker with room takes them.
 impl Handler<ResumeJobs> for PdfJobs {
     type Result = ResponseActFuture<Self, usize>;
 
-    fn handle(&mut self, _: ResumeJobs, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: ResumeJobs, ctx: &mut Self::Context) -> Self::Result {
+        if self.shared.claimer.is_some() {
+            if !self.claiming {
+                self.start_claiming(ctx);
+            }
+            return Box::pin(fut::ready(0));
+        }
         let storage = self.shared.storage.clone();
         Box::pin(
             async move { storage.jobs_unfinished().await }
@@ -337,35 +566,9 @@ impl Handler<ResumeJobs> for PdfJobs {
                     };
                     let mut resumed = 0;
                     for row in rows {
-                        if row.attempts >= this.shared.max_attempts as i32 {
-                            // Each start that found it unfinished counted an
-                            // attempt: a job that takes the process down
-                            // must not do so at every start.
-                            log::warn!("job {} gave up after {} attempts", row.id, row.attempts);
-                            give_up(this.shared.clone(), row);
-                            continue;
-                        }
-                        match serde_json::from_str::<JobSpec>(&row.payload) {
-                            Ok(spec) => {
-                                log::info!("resuming job {} ({})", row.id, row.kind);
-                                this.launch(row, spec, None, ctx);
-                                resumed += 1;
-                            }
-                            Err(err) => {
-                                log::warn!("job {} has an unreadable payload: {err}", row.id);
-                                let storage = this.shared.storage.clone();
-                                let id = row.id;
-                                actix_rt::spawn(async move {
-                                    let _ = storage
-                                        .job_update(
-                                            id,
-                                            job_status::FAILED,
-                                            row.attempts,
-                                            Some(format!("unreadable payload: {err}")),
-                                        )
-                                        .await;
-                                });
-                            }
+                        let used = row.attempts;
+                        if this.start_recorded(row, used, ctx) {
+                            resumed += 1;
                         }
                     }
                     resumed
@@ -394,6 +597,17 @@ impl Handler<StopJobs> for PdfJobs {
                 }
             };
             let _ = tokio::time::timeout_at(msg.deadline.into(), all_delivered).await;
+            // What was claimed here and not delivered is given back, for
+            // another worker to take at once.
+            if let Some(claimer) = &shared.claimer {
+                match shared.storage.jobs_release(&claimer.worker).await {
+                    Ok(0) => {}
+                    Ok(n) => log::info!("gave {n} unfinished jobs back for another worker"),
+                    Err(err) => log::warn!(
+                        "could not give the unfinished jobs back ({err}): they are taken again once their leases end"
+                    ),
+                }
+            }
         })
     }
 }
@@ -407,15 +621,14 @@ fn give_up(shared: Arc<Shared>, row: JobRow) {
             .telegram
             .post(row.chat_id, text_requests(row.chat_id, text))
             .await;
-        if let Err(err) = shared
-            .storage
-            .job_update(
-                row.id,
-                job_status::FAILED,
-                row.attempts,
-                Some("gave up".into()),
-            )
-            .await
+        if let Err(err) = record(
+            &shared,
+            &row,
+            job_status::FAILED,
+            row.attempts,
+            Some("gave up".into()),
+        )
+        .await
         {
             log::warn!("job {}: could not record its end: {err}", row.id);
         }
@@ -447,6 +660,12 @@ impl Handler<Probe> for PdfJobs {
         report = report
             .detail("jobs_running", self.running)
             .detail("delivered", self.delivered);
+        if let Some(claimer) = &self.shared.claimer {
+            report = report
+                .detail("claims_as", claimer.worker.as_str())
+                .detail("claims_held", self.held.len())
+                .detail("takes_jobs", claimer.local);
+        }
         MessageResult(report)
     }
 }
@@ -461,6 +680,37 @@ fn priority(admin: bool, pages: usize) -> u8 {
 enum Outcome {
     Delivered,
     Failed(String),
+    /// Another worker holds the job now, or its claim could not be
+    /// confirmed: left to whoever holds it.
+    Abandoned,
+}
+
+/// Records how a job ended: in a cluster only while this process still
+/// holds its claim, else with `attempts` counted.
+async fn record(
+    shared: &Shared,
+    row: &JobRow,
+    status: &'static str,
+    attempts: i32,
+    error: Option<String>,
+) -> Result<(), StorageError> {
+    let Some(claimer) = &shared.claimer else {
+        return shared
+            .storage
+            .job_update(row.id, status, attempts, error)
+            .await;
+    };
+    if !shared
+        .storage
+        .job_finish(row.id, &claimer.worker, status, error)
+        .await?
+    {
+        log::warn!(
+            "job {}: another worker holds it now; its end here is not recorded",
+            row.id
+        );
+    }
+    Ok(())
 }
 
 /// The longest wait between two tries of recording an attempt.
@@ -473,6 +723,10 @@ const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
 /// the daemon stops (the job stays recorded as it was, and the next start
 /// resumes it).
 async fn record_attempt(shared: &Shared, row: &JobRow) -> bool {
+    if shared.claimer.is_some() {
+        // The claim counted it, in the same statement.
+        return true;
+    }
     let mut wait = Duration::from_millis(100);
     loop {
         match shared
@@ -554,15 +808,17 @@ async fn run(
             if let Some(reply) = accepted.take() {
                 let _ = reply.send(Err(Refused::Busy));
             }
-            let _ = shared
-                .storage
-                .job_update(
-                    id,
-                    job_status::FAILED,
-                    row.attempts + 1,
-                    Some("busy".into()),
-                )
-                .await;
+            if let Err(err) = record(
+                &shared,
+                &row,
+                job_status::FAILED,
+                row.attempts + 1,
+                Some("busy".into()),
+            )
+            .await
+            {
+                log::warn!("job {id}: could not record its end: {err}");
+            }
             metrics::DOCUMENT_JOBS
                 .with_label_values(&[kind, "busy"])
                 .inc();
@@ -605,12 +861,20 @@ async fn run(
             if let Err(err) = &told {
                 log::warn!("job {id}: could not tell chat_id={chat_id} it failed: {err}");
             }
-            let _ = shared
-                .storage
-                .job_update(id, job_status::FAILED, row.attempts + 1, Some(text))
-                .await;
+            if let Err(err) = record(
+                &shared,
+                &row,
+                job_status::FAILED,
+                row.attempts + 1,
+                Some(text),
+            )
+            .await
+            {
+                log::warn!("job {id}: could not record its end: {err}");
+            }
             false
         }
+        Outcome::Abandoned => false,
     }
 }
 
@@ -731,6 +995,32 @@ async fn deliver(shared: &Arc<Shared>, row: &JobRow, spec: &JobSpec, pdf: Render
         mime: mime::APPLICATION_PDF,
         bytes: Bytes::from(pdf.bytes),
     };
+    if let Some(claimer) = &shared.claimer {
+        // Sent only while still held: a worker that was slow past its
+        // lease must not send what another has taken over.
+        match shared
+            .storage
+            .job_hold(row.id, &claimer.worker, claimer.lease_ms())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                log::warn!(
+                    "job {}: another worker took it over; not sent from {}",
+                    row.id,
+                    claimer.worker
+                );
+                return Outcome::Abandoned;
+            }
+            Err(err) => {
+                log::warn!(
+                    "job {}: its claim could not be confirmed ({err}); not sent, it is taken again once its lease ends",
+                    row.id
+                );
+                return Outcome::Abandoned;
+            }
+        }
+    }
     shared.delivering.fetch_add(1, Ordering::SeqCst);
     let sent = shared
         .telegram
@@ -741,11 +1031,7 @@ async fn deliver(shared: &Arc<Shared>, row: &JobRow, spec: &JobSpec, pdf: Render
         .await;
     let outcome = match sent {
         Ok(_) => {
-            if let Err(err) = shared
-                .storage
-                .job_update(row.id, job_status::DONE, row.attempts + 1, None)
-                .await
-            {
+            if let Err(err) = record(shared, row, job_status::DONE, row.attempts + 1, None).await {
                 // It would be sent again after a restart.
                 log::warn!("job {}: delivered, but its done mark failed: {err}", row.id);
             }

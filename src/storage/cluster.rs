@@ -18,7 +18,7 @@ use diesel::sql_types::{BigInt, Text};
 use super::{Pools, Storage, StorageError};
 
 /// The database's clock in Unix milliseconds, in SQL.
-const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+pub(super) const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 /// The one lease: leadership of the bot.
 const LEADER: &str = "leader";

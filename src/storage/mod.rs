@@ -153,10 +153,12 @@ macro_rules! upsert_user {
 }
 
 // Each table's queries in a file of their own, using the macros above.
+mod claims;
 mod cluster;
 mod dead_letters;
 mod relay;
 mod tables;
+pub use claims::ClaimCount;
 pub use cluster::{Fence, InstanceRow, LeaseRow};
 pub use dead_letters::DeadLetter;
 pub use relay::RELAY_CHANNEL;
@@ -251,6 +253,27 @@ impl Storage {
             log::info!("applied migrations: {}", applied.join(", "));
         }
         Ok(storage)
+    }
+
+    /// Opens a database whose schema is up to date, without changing it:
+    /// a process that does not own the schema (`actorbot worker`) leaves
+    /// the migrations to the daemon and `actorbot migrate`.
+    pub async fn open_existing(config: &Config) -> Result<Storage, StorageError> {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let storage = Storage::connect(&config)?;
+            let pending = with_conn!(&*storage.pools, |conn| conn
+                .has_pending_migration(MIGRATIONS)
+                .map_err(|e| StorageError::Migration(e.to_string()))?);
+            if pending {
+                return Err(StorageError::Migration(
+                    "the database's schema is older than this program: start the daemon, or run actorbot migrate, first".into(),
+                ));
+            }
+            Ok(storage)
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))?
     }
 
     /// Builds the pool without touching the schema.

@@ -72,7 +72,7 @@ pub struct Turn {
 }
 
 /// A job of a worker pool as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = jobs)]
 pub struct JobRow {
     pub id: i64,
@@ -86,6 +86,10 @@ pub struct JobRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub error: Option<String>,
+    /// The worker running it, in a cluster ([`crate::storage::claims`]).
+    pub claimed_by: Option<String>,
+    /// Until when (the database's clock, Unix ms) that claim holds.
+    pub lease_until: Option<i64>,
 }
 
 /// A job to record.

@@ -49,6 +49,8 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         error -> Nullable<Text>,
+        claimed_by -> Nullable<Text>,
+        lease_until -> Nullable<BigInt>,
     }
 }
 

@@ -45,6 +45,7 @@ pub struct TestAppBuilder {
     fake: Option<FakeTelegram>,
     data_dir: Option<PathBuf>,
     sandbox: bool,
+    worker: bool,
     user: Option<(u32, u32)>,
 }
 
@@ -60,6 +61,13 @@ impl TestAppBuilder {
     /// the test's fake Telegram then sees nothing.
     pub fn sandbox(mut self) -> Self {
         self.sandbox = true;
+        self
+    }
+
+    /// Runs `actorbot worker`: the document pools alone, claiming jobs from
+    /// the cluster's PostgreSQL (`DATABASE_URL` must be set).
+    pub fn worker(mut self) -> Self {
+        self.worker = true;
         self
     }
 
@@ -116,7 +124,11 @@ impl TestAppBuilder {
         };
         let mut command = Command::new(env!("CARGO_BIN_EXE_actorbot"));
         command
-            .arg(if self.sandbox { "sandbox" } else { "run" })
+            .arg(match (self.sandbox, self.worker) {
+                (true, _) => "sandbox",
+                (_, true) => "worker",
+                _ => "run",
+            })
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("APP_PROFILE", "testing")
@@ -236,6 +248,7 @@ impl TestApp {
             fake: None,
             data_dir: None,
             sandbox: false,
+            worker: false,
             user: None,
         }
     }

@@ -21,6 +21,8 @@ impl Storage {
                 created_at: now,
                 updated_at: now,
                 error: None,
+                claimed_by: None,
+                lease_until: None,
             };
             on_conn!(conn, |conn| diesel::insert_into(jobs::table)
                 .values(&row)

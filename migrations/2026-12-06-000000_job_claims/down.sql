@@ -1,0 +1,2 @@
+ALTER TABLE jobs DROP COLUMN lease_until;
+ALTER TABLE jobs DROP COLUMN claimed_by;
