@@ -46,8 +46,8 @@ pub enum PhotoError {
     TooLarge { max: usize },
     #[error("could not fetch the file from Telegram: {0}")]
     Download(#[source] TelegramError),
-    #[error("{0}")]
-    Image(#[source] ImageError),
+    #[error(transparent)]
+    Image(ImageError),
     #[error("the image workers are busy")]
     Busy,
     #[error("image processing failed: {0}")]

@@ -11,7 +11,7 @@
 //!
 //! [`PdfError`] lives here because every renderer goes through this module.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
 use printpdf::ParsedFont;
@@ -156,19 +156,39 @@ impl Font {
     }
 
     /// A copy of the face to register with one document, its font program
-    /// trimmed to the glyphs of `used` (sanitized text). Glyph ids are kept,
-    /// so printpdf's cmap lookups, `/W` widths and `/ToUnicode` map stay
-    /// valid. Falls back to the whole font if trimming fails, which costs
+    /// trimmed to the glyphs of `used` (sanitized text) and its maps to the
+    /// characters of `used`, so printpdf's copies of it and its `/W` widths
+    /// and `/ToUnicode` map cost what the document uses, not the whole face.
+    /// Glyph ids are kept, so nothing referring to them needs rewriting.
+    /// Falls back to the whole font program if trimming fails, which costs
     /// size but never correctness.
     pub fn for_document(&self, used: impl IntoIterator<Item = char>) -> ParsedFont {
-        let mut glyphs: BTreeSet<u16> = used.into_iter().filter_map(|c| self.glyph_id(c)).collect();
+        let codepoint_to_glyph: BTreeMap<u32, u16> = used
+            .into_iter()
+            .filter_map(|c| Some((u32::from(c), self.glyph_id(c)?)))
+            .collect();
+        let mut glyphs: BTreeSet<u16> = codepoint_to_glyph.values().copied().collect();
         glyphs.insert(0);
-        let mut font = self.parsed.clone();
-        match subset_keeping_ids(DEJAVU_SANS, &glyphs) {
-            Ok(bytes) => font.original_bytes = bytes,
-            Err(e) => log::warn!("embedding the whole font, trimming failed: {e}"),
+        let glyph_widths = glyphs
+            .iter()
+            .filter_map(|&g| Some((g, *self.parsed.glyph_widths.get(&g)?)))
+            .collect();
+        let original_bytes = subset_keeping_ids(DEJAVU_SANS, &glyphs).unwrap_or_else(|e| {
+            log::warn!("embedding the whole font, trimming failed: {e}");
+            DEJAVU_SANS.to_vec()
+        });
+        let full = &self.parsed;
+        ParsedFont {
+            original_bytes,
+            font_index: full.font_index,
+            font_name: full.font_name.clone(),
+            codepoint_to_glyph,
+            glyph_widths,
+            units_per_em: full.units_per_em,
+            font_metrics: full.font_metrics.clone(),
+            font_type: full.font_type,
+            pdf_font_metrics: full.pdf_font_metrics.clone(),
         }
-        font
     }
 }
 

@@ -2,19 +2,41 @@
 //! second for a 5-page report, photos per second for a 12-megapixel JPEG,
 //! and an album of 10 processed photos. One thread, then all cores.
 //!
-//! cargo bench --bench documents
+//! cargo bench --bench documents            # everything
+//! cargo bench --bench documents -- report  # or photo, album: one part
+//!
+//! With `DOCUMENTS_PHOTO_OUT=path` the processed photo is written there, to
+//! compare with another tool's output of the same input.
 
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
-use actorbot::images::process::{ImageLimits, process};
+use actorbot::images::process::{ImageLimits, ProcessedImage, process};
 use actorbot::pdf::album::{AlbumPage, render_album};
 use actorbot::pdf::report::{Exchange, ReportLimits, ReportRequest, render_report};
+
+/// The daemon's allocator, so that the figures are the daemon's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("documents benchmark on {cores} cores");
+    // cargo passes `--bench` to a benchmark without the test harness.
+    let parts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
+    if wanted("report") {
+        reports(cores);
+    }
+    if wanted("photo") || wanted("album") {
+        photos(cores, wanted("photo"), wanted("album"));
+    }
+}
 
+fn reports(cores: usize) {
     let report = five_page_report();
     let limits = ReportLimits { max_pages: 50 };
     let first = render_report(&report, &limits).expect("renders");
@@ -34,22 +56,38 @@ fn main() {
         "reports/s ({} pages): {per_thread:.1} on one core, {all:.1} on {cores} cores",
         first.pages
     );
+}
 
+fn photos(cores: usize, rates: bool, album: bool) {
     let photo = twelve_megapixels();
     println!("photo: 4000 × 3000 JPEG, {} bytes", photo.len());
     let image_limits = ImageLimits::default();
     let processed = process(&photo, &image_limits).expect("processes");
+    if let Some(path) = std::env::var_os("DOCUMENTS_PHOTO_OUT") {
+        std::fs::write(&path, &processed.jpeg).expect("writes the processed photo");
+    }
+    if rates {
+        photo_rates(cores, &photo, &image_limits, &processed);
+    }
+    if album {
+        albums(&processed);
+    }
+}
+
+fn photo_rates(cores: usize, photo: &[u8], image_limits: &ImageLimits, processed: &ProcessedImage) {
     let per_thread = rate(Duration::from_secs(5), || {
-        process(&photo, &image_limits).expect("processes");
+        process(photo, image_limits).expect("processes");
     });
     let all = parallel(cores, Duration::from_secs(5), || {
-        process(&photo, &image_limits).expect("processes");
+        process(photo, image_limits).expect("processes");
     });
     println!(
         "photos/s (12 MP JPEG → {} × {}): {per_thread:.2} on one core, {all:.2} on {cores} cores",
         processed.width, processed.height
     );
+}
 
+fn albums(processed: &ProcessedImage) {
     let pages: Vec<AlbumPage> = (0..10)
         .map(|i| AlbumPage {
             name: format!("photo {}", i + 1),

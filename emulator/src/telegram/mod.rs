@@ -258,6 +258,19 @@ impl FakeTelegram {
         self.state().update(|s| s.minimal_get_me = true);
     }
 
+    /// Numbers updates from `next` on (if that is ahead): Telegram's ids
+    /// keep rising across a bot's restarts, so a new fake standing in for
+    /// the same server after one continues where the last one stopped.
+    pub fn continue_update_ids_from(&self, next: i64) {
+        self.state()
+            .update(|s| s.next_update_id = s.next_update_id.max(next));
+    }
+
+    /// The id the next queued update will get.
+    pub fn next_update_id(&self) -> i64 {
+        self.read(|s| s.next_update_id)
+    }
+
     /// Plays `telegram-bot-api --local`: files stored from now on are
     /// written under `dir`, getFile answers their absolute path and no size
     /// limit, and they cannot be downloaded over HTTP.

@@ -394,6 +394,7 @@ async fn latency(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
 async fn startup(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let data_dir = std::env::temp_dir().join(format!("actorbot-startup-{}", std::process::id()));
     let mut result = Ok(());
+    let mut next_update_id = 0;
     for start in 0..args.starts.max(1) {
         let tg = FakeTelegram::start(FakeTelegramConfig {
             token: TOKEN.into(),
@@ -401,7 +402,11 @@ async fn startup(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             workers: 1,
             ..Default::default()
         })?;
+        // A restarted bot has seen the ids before its stop: Telegram's
+        // go on from there.
+        tg.continue_update_ids_from(next_update_id);
         tg.inject_text(5_000_000, "/start");
+        next_update_id = tg.next_update_id();
         let mut command = match &args.peer {
             Some(command) => peer_command(command, &tg)?,
             None => {
