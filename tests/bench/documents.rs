@@ -5,7 +5,8 @@
 //! cargo bench --bench documents            # everything
 //! cargo bench --bench documents -- report  # or photo, album: one part
 //!
-//! With `DOCUMENTS_PHOTO_OUT=path` the processed photo is written there, to
+//! With `DOCUMENTS_REPORT_OUT=path` the report, and with
+//! `DOCUMENTS_PHOTO_OUT=path` the processed photo, is written there, to
 //! compare with another tool's output of the same input.
 
 use std::io::Cursor;
@@ -40,6 +41,9 @@ fn reports(cores: usize) {
     let report = five_page_report();
     let limits = ReportLimits { max_pages: 50 };
     let first = render_report(&report, &limits).expect("renders");
+    if let Some(path) = std::env::var_os("DOCUMENTS_REPORT_OUT") {
+        std::fs::write(&path, &first.bytes).expect("writes the report");
+    }
     println!(
         "report: {} pages, {} bytes, {} exchanges",
         first.pages,
