@@ -43,6 +43,9 @@ pub enum PdfError {
     /// The PDF writer produced no usable document.
     #[error("PDF serialisation failed: {0}")]
     Serialise(String),
+    /// The PDF writer failed while writing the document out.
+    #[error("PDF serialisation failed")]
+    Write(#[source] std::io::Error),
 }
 
 /// The parsed face plus the metrics layout needs.

@@ -611,8 +611,7 @@ pub(super) fn save(doc: &PdfDocument, opts: &PdfSaveOptions) -> Result<Vec<u8>, 
         }
     }
     let mut bytes = Vec::new();
-    lo.save_to(&mut bytes)
-        .map_err(|e| PdfError::Serialise(format!("writing the document: {e}")))?;
+    lo.save_to(&mut bytes).map_err(PdfError::Write)?;
     if !bytes.starts_with(b"%PDF-") {
         return Err(PdfError::Serialise(format!(
             "writer returned {} bytes without a PDF header",
