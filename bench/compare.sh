@@ -7,7 +7,9 @@
 # benchmark. Each figure is measured for every contender in turn (A B C),
 # and the whole sequence repeated ROUNDS times (A B C A B C), so that the
 # machine's drift hits them alike; bench/compare_table.py then prints the
-# table with actorbot ÷ peer for each round.
+# table with actorbot ÷ peer for each round. Each round also runs actorbot's
+# burst and open loop against the fake behind TLS, offering HTTP/1.1 alone
+# and then HTTP/2 as well (TELEGRAM_HTTP_VERSION), for the second table.
 #
 #   bench/compare.sh                        # builds, installs, runs, prints
 #   NICE="nice -n 19" ROUNDS=2 bench/compare.sh
@@ -104,6 +106,18 @@ for round in $(seq 1 "$ROUNDS"); do
         peer "$who"
         run "latency-$who-$round" "$LOADTEST" --daemon "$ACTORBOT" "${peer[@]}" --run latency \
             --rate "$RATE" --seconds "$SECONDS_AT_RATE"
+    done
+    # actorbot alone, the fake behind TLS offering HTTP/2 and HTTP/1.1:
+    # the daemon offering HTTP/1.1 alone, then HTTP/2 as well.
+    for kind in burst latency; do
+        for version in 1.1 2; do
+            case $kind in
+            burst) what=(--run throughput --updates "$BURST_UPDATES" --users "$BURST_USERS") ;;
+            latency) what=(--run latency --rate "$RATE" --seconds "$SECONDS_AT_RATE") ;;
+            esac
+            run "tls-$kind-http$version-$round" "$LOADTEST" --daemon "$ACTORBOT" "${what[@]}" \
+                --tls --env "TELEGRAM_HTTP_VERSION=$version"
+        done
     done
     for who in actorbot teloxide aiogram; do
         peer "$who"

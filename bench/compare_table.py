@@ -67,6 +67,7 @@ bots("burst: peak RSS, MiB", "burst", r"peak ([\d.]+) MiB during it", "lower")
 bots("open loop 5,000 updates/s for 10 s: p50 update→reply, ms", "latency", r"p50 ([\d.]+) ms", "lower")
 bots("open loop: p99 update→reply, ms", "latency", r"p99 ([\d.]+) ms", "lower")
 bots("open loop: peak RSS, MiB", "latency", r"peak ([\d.]+) MiB during the run", "lower")
+bots("open loop: bot's CPU per update, µs", "latency", r"CPU-seconds \(([\d]+) µs per update\)", "lower")
 bots(
     "exec → first getUpdates, ms (median of 5 starts; actorbot: its 4 restarts)",
     "startup", "", "lower", startup(2, True),
@@ -134,3 +135,26 @@ print(
     + " / ".join(fmt(1e6 / v) if v else "—" for v in fake)
     + " updates/s on the fake's one worker thread)."
 )
+
+# actorbot over TLS: HTTP/2 against HTTP/1.1, when the run has them.
+TLS_FIGURES = [
+    ("burst: replies/s", "burst", r"([\d]+) updates/s between the first and last reply", "higher"),
+    ("burst: daemon's CPU per update, µs", "burst", r"\(([\d]+) µs per update, [\d.]+ cores", "lower"),
+    ("burst: peak RSS, MiB", "burst", r"peak ([\d.]+) MiB during it", "lower"),
+    ("open loop: p50, ms", "latency", r"p50 ([\d.]+) ms", "lower"),
+    ("open loop: p99, ms", "latency", r"p99 ([\d.]+) ms", "lower"),
+    ("open loop: daemon's CPU per update, µs", "latency", r"CPU-seconds \(([\d]+) µs per update\)", "lower"),
+]
+if any((out / f"tls-burst-http2-{r}.log").exists() for r in rounds):
+    print()
+    print("actorbot against the fake behind TLS (ALPN h2, http/1.1), by TELEGRAM_HTTP_VERSION:")
+    print()
+    print("| figure | HTTP/1.1 | HTTP/2 | HTTP/2 ÷ HTTP/1.1 | better |")
+    print("|---|---|---|---|---|")
+    for figure, kind, pattern, better in TLS_FIGURES:
+        h1 = grab(f"tls-{kind}-http1.1", pattern, rounds)
+        h2 = grab(f"tls-{kind}-http2", pattern, rounds)
+        print(
+            f"| {figure} | {' / '.join(map(fmt, h1))} | {' / '.join(map(fmt, h2))} | "
+            f"{' / '.join(ratio(b, a) for a, b in zip(h1, h2))} | {better} |"
+        )

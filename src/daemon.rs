@@ -81,7 +81,7 @@ pub async fn run_with(config: Config, extra: Option<http::Extra>) -> anyhow::Res
     let started = Instant::now();
     let live = Live::for_loaded(config.clone());
     install_faults(&config)?;
-    let endpoint = Endpoint::new(&config).context("HTTPS_PROXY / HTTP_PROXY / ALL_PROXY")?;
+    let endpoint = Endpoint::new(&config)?;
     if let Some(proxy) = endpoint.proxy() {
         log::info!(
             "the Bot API is reached through the proxy at {}",

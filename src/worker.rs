@@ -60,7 +60,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let temp_dir = config.temp_dir();
     std::fs::create_dir_all(&temp_dir)
         .with_context(|| format!("cannot create {}", temp_dir.display()))?;
-    let endpoint = Endpoint::new(&config).context("HTTPS_PROXY / HTTP_PROXY / ALL_PROXY")?;
+    let endpoint = Endpoint::new(&config)?;
     let me = daemon::authorize(&endpoint.client()).await?;
     let worker = config.instance_name();
 

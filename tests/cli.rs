@@ -279,3 +279,37 @@ fn a_socks_proxy_for_the_bot_api_stops_the_start_with_one_line() {
     assert!(!stderr.contains("secret"), "{stderr}");
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn an_unusable_ca_file_or_http_version_stops_the_start_naming_the_variable() {
+    let data = std::env::temp_dir().join(format!("actorbot-cli-ca-{}", std::process::id()));
+    let missing = data.join("no-such-ca.pem");
+    let data_dir = data.display().to_string();
+    let ca_file = missing.display().to_string();
+    let output = actorbot(
+        &["run"],
+        &[
+            ("BOT_TOKEN", "123:abc"),
+            ("DATA_DIR", &data_dir),
+            ("TELEGRAM_CA_FILE", &ca_file),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("TELEGRAM_CA_FILE") && stderr.contains(&ca_file),
+        "{stderr}"
+    );
+
+    let output = actorbot(
+        &["run"],
+        &[("BOT_TOKEN", "123:abc"), ("TELEGRAM_HTTP_VERSION", "3")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "actorbot: configuration error: TELEGRAM_HTTP_VERSION: expected 1.1 or 2"
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actorbot::config::Config;
 use actorbot::storage::{
-    DeadLetter, InboxRow, NewJob, Storage, UserRecord, job_status, now_millis,
+    DeadLetter, InboxRow, NewJob, SAME_UPDATE_WITHIN, Storage, UserRecord, job_status, now_millis,
 };
 use common::{PgDatabase, test_config};
 
@@ -22,6 +22,28 @@ fn row(update_id: i64) -> InboxRow {
         chat_id: Some(update_id % 7),
         body: format!("{{\"update_id\":{update_id}}}"),
     }
+}
+
+/// Moves the done marks of `ids` back by `by`, as a long stop leaves them.
+fn age_answered_rows(config: &Config, ids: &[i64], by: Duration) {
+    use diesel::{Connection, RunQueryDsl};
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let sql = format!(
+        "UPDATE inbox SET done_at = done_at - {} WHERE update_id IN ({})",
+        by.as_millis(),
+        ids.join(",")
+    );
+    let url = config.database_url.expose();
+    let changed = if url.starts_with("postgres") {
+        let mut conn = diesel::PgConnection::establish(url).expect("connects");
+        diesel::sql_query(sql).execute(&mut conn)
+    } else {
+        let path = config.data_dir.join("actorbot.sqlite3");
+        let mut conn =
+            diesel::SqliteConnection::establish(&path.display().to_string()).expect("opens");
+        diesel::sql_query(sql).execute(&mut conn)
+    };
+    assert_eq!(changed.expect("the rows are aged"), ids.len());
 }
 
 /// The update_ids the inbox holds and has not marked done.
@@ -109,6 +131,34 @@ async fn exercise(config: &Config) {
         2_500
     );
     assert_eq!(storage.inbox_stats().await.unwrap(), (4, 0));
+
+    // An id answered longer ago than Telegram's week of sequence is a new
+    // update's: it takes the row over, pending again with its own body;
+    // one answered within the week is still a resend.
+    let mut reused = row(9_000);
+    storage
+        .inbox_journal(vec![reused.clone(), row(9_001)], vec![])
+        .await
+        .unwrap();
+    storage
+        .inbox_journal(vec![], vec![9_000, 9_001])
+        .await
+        .unwrap();
+    age_answered_rows(
+        config,
+        &[9_000],
+        SAME_UPDATE_WITHIN + Duration::from_secs(60),
+    );
+    reused.body = "{\"update_id\":9000,\"message\":{}}".into();
+    let new = storage
+        .inbox_journal(vec![reused.clone(), row(9_001)], vec![])
+        .await
+        .unwrap();
+    assert_eq!(new, [9_000].into_iter().collect());
+    let pending = storage.inbox_pending().await.unwrap();
+    assert!(pending.contains(&reused), "{pending:?}");
+    assert!(!storage.inbox_is_done(9_000).await.unwrap());
+    storage.inbox_journal(vec![], vec![9_000]).await.unwrap();
 
     // Users: upsert and load back.
     assert_eq!(storage.user_load(42).await.unwrap(), None);

@@ -219,6 +219,48 @@ async fn a_server_that_ignores_offset_and_timeout_is_polled_calmly_and_answered_
     assert_eq!(app.tg.total_messages(), 5, "an update was answered twice");
 }
 
+/// Over HTTPS, the fake offering HTTP/2 and HTTP/1.1 by ALPN as Telegram's
+/// servers do: the daemon speaks the version its setting offers, polling
+/// and sending alike, and every reply arrives.
+#[actix_rt::test]
+async fn over_tls_the_daemon_speaks_the_http_version_it_is_set_to() {
+    for (setting, http2) in [("2", true), ("1.1", false)] {
+        let fake = actorbot_testkit::telegram::FakeTelegram::start(
+            actorbot_testkit::telegram::FakeTelegramConfig {
+                token: TOKEN.to_string(),
+                tls: true,
+                ..Default::default()
+            },
+        )
+        .expect("the fake Telegram starts");
+        assert!(fake.api_url().starts_with("https://"), "{}", fake.api_url());
+        let app = TestApp::builder()
+            .with_fake(fake)
+            .env("TELEGRAM_HTTP_VERSION", setting)
+            .start()
+            .await;
+        let users: Vec<i64> = (0..5).map(|n| 47_000 + n).collect();
+        for user in &users {
+            app.tg.inject_text(*user, "/start");
+        }
+        app.tg
+            .wait_for_total_messages(users.len(), WAIT)
+            .await
+            .unwrap_or_else(|err| panic!("TELEGRAM_HTTP_VERSION={setting}: {err}"));
+        let calls = app.tg.calls();
+        for method in ["getUpdates", "sendMessage"] {
+            assert!(
+                calls.iter().any(|call| call.method == method),
+                "{setting}: no {method} in {calls:?}"
+            );
+        }
+        assert!(
+            calls.iter().all(|call| call.http2 == http2),
+            "TELEGRAM_HTTP_VERSION={setting}: {calls:?}"
+        );
+    }
+}
+
 #[actix_rt::test]
 async fn a_server_that_closes_idle_connections_between_requests_loses_no_reply() {
     let fake = actorbot_testkit::telegram::FakeTelegram::start(

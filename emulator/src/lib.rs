@@ -19,6 +19,7 @@ pub mod openai;
 pub mod rig;
 mod serve;
 pub mod telegram;
+mod tls;
 mod wait;
 
 pub use wait::WaitTimeout;

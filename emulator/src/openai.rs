@@ -147,6 +147,7 @@ impl FakeAi {
             config.addr,
             config.workers,
             None,
+            None,
             move |cfg: &mut web::ServiceConfig| {
                 cfg.app_data(data.clone())
                     .route("/v1/chat/completions", web::post().to(completions))

@@ -1,7 +1,8 @@
 //! A daemon under test: an `actorbot` binary started as a child process
 //! (`run`, SQLite in a fresh data directory, its HTTP endpoint on a free
-//! loopback port) against a Bot API emulator of its own and, if given, an
-//! AI stand-in. What `actorbot loadtest` and the `loadtest` developer tool
+//! loopback port) against a Bot API emulator of its own (over HTTPS, its
+//! certificate trusted, when the emulator has TLS) and, if given, an AI
+//! stand-in. What `actorbot loadtest` and the `loadtest` developer tool
 //! in `tests/testkit` both measure; each adds its own configuration.
 //!
 //! Dropping the rig kills the daemon and removes its data directory; the
@@ -107,6 +108,10 @@ impl Rig {
             } else {
                 Stdio::null()
             });
+        // A fake with TLS: the daemon trusts its certificate.
+        if let Some(ca_file) = tg.write_certificate(&data_dir)? {
+            command.env("TELEGRAM_CA_FILE", ca_file);
+        }
         if let Some(ai) = &config.ai {
             command
                 .env("AI_API_URL", ai.api_url())

@@ -30,12 +30,13 @@ pub(crate) struct Served {
 /// Starts a server whose routes `configure` adds, plus an optional
 /// background task on the system's own thread, and returns once it listens.
 /// `keep_alive` is how long an idle connection stays open (actix-web's
-/// default when `None`).
+/// default when `None`); with `tls` it listens for HTTPS instead of HTTP.
 pub(crate) fn serve<F>(
     name: &str,
     addr: SocketAddr,
     workers: usize,
     keep_alive: Option<std::time::Duration>,
+    tls: Option<rustls::ServerConfig>,
     configure: F,
     background: Option<Box<dyn FnOnce() -> LocalBoxFuture<'static, ()> + Send>>,
 ) -> std::io::Result<Served>
@@ -64,7 +65,13 @@ where
                 .backlog(8192)
                 .max_connections(100_000)
                 .max_connection_rate(8192)
-                .bind(addr)?;
+                // As Telegram's servers: an answer's pieces (HTTP/2 frames)
+                // are not held back for the client's acknowledgement.
+                .tcp_nodelay(true);
+                let server = match tls {
+                    Some(tls) => server.bind_rustls_0_23(addr, tls)?,
+                    None => server.bind(addr)?,
+                };
                 let addr = server.addrs()[0];
                 actix_rt::spawn(server.run());
                 if let Some(task) = background {

@@ -380,7 +380,7 @@ impl ClientSettings {
                 .borrow_mut()
                 .get_or_insert_with(|| {
                     reqwest::Client::builder()
-                        .use_preconfigured_tls(crate::telegram::client::tls_config())
+                        .use_preconfigured_tls(crate::telegram::tls::client_config())
                         .pool_max_idle_per_host(self.connections)
                         .pool_idle_timeout(Duration::from_secs(90))
                         .connect_timeout(self.timeout.min(Duration::from_secs(10)))

@@ -101,6 +101,8 @@ pub struct Config {
     pub telegram_api_url: String,
     pub telegram_local_mode: bool,
     pub telegram_max_connections: usize,
+    pub telegram_http_version: String,
+    pub telegram_ca_file: String,
     pub http_timeout: f64,
     pub polling_timeout: u32,
     pub polling_limit: u32,
@@ -423,6 +425,9 @@ impl Config {
             if value == 0 {
                 return Err(invalid(name, "expected a positive integer"));
             }
+        }
+        if crate::telegram::tls::HttpVersions::parse(&self.telegram_http_version).is_none() {
+            return Err(invalid("telegram_http_version", "expected 1.1 or 2"));
         }
         if !["normal", "full", "extra"].contains(&self.sqlite_synchronous.as_str()) {
             return Err(invalid(

@@ -516,7 +516,7 @@ async fn check_ai(remotes: &Remotes) -> (Health, Option<f64>) {
     let client = awc::Client::builder()
         .timeout(REMOTE_DEADLINE)
         .connector(
-            awc::Connector::new().rustls_0_23(Arc::new(crate::telegram::client::tls_config())),
+            awc::Connector::new().rustls_0_23(Arc::new(crate::telegram::tls::client_config())),
         )
         .finish();
     let url = format!("{}/models", remotes.ai_url.trim_end_matches('/'));

@@ -162,6 +162,7 @@ pub use claims::ClaimCount;
 pub use cluster::{Fence, InstanceRow, LeaseRow};
 pub use dead_letters::DeadLetter;
 pub use relay::RELAY_CHANNEL;
+pub use tables::SAME_UPDATE_WITHIN;
 
 /// The figures of the connection pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -28,9 +28,20 @@ use frankenstein::types::File;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::connect::DirectConnector;
 use super::error::TelegramError;
 use super::proxy::{Proxy, ProxyEnv, ProxyError, TunnelConnector};
+use super::tls::{self, CaFileError, HttpVersions};
 use crate::config::{Config, Secret};
+
+/// The Bot API cannot be set up to be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("HTTPS_PROXY / HTTP_PROXY / ALL_PROXY")]
+    Proxy(#[source] ProxyError),
+    #[error(transparent)]
+    CaFile(#[from] CaFileError),
+}
 
 /// What the bot keeps of a message it sent. Telegram answers with the
 /// whole `Message`; only its id is ever used (edits refer to it), and
@@ -80,13 +91,23 @@ struct EndpointInner {
     max_connections: usize,
     local_mode: bool,
     proxy: Option<Proxy>,
+    /// Roots and ALPN ([`super::tls`]), made once for every client.
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Endpoint {
     /// The Bot API `config` names, through the proxy the environment names
-    /// for it, if any ([`super::proxy`]).
-    pub fn new(config: &Config) -> Result<Endpoint, ProxyError> {
-        let proxy = ProxyEnv::from_env().for_url(&config.telegram_api_url)?;
+    /// for it, if any ([`super::proxy`]), with the TLS settings it gives.
+    pub fn new(config: &Config) -> Result<Endpoint, EndpointError> {
+        let proxy = ProxyEnv::from_env()
+            .for_url(&config.telegram_api_url)
+            .map_err(EndpointError::Proxy)?;
+        let ca_file = (!config.telegram_ca_file.is_empty())
+            .then(|| std::path::Path::new(&config.telegram_ca_file));
+        // Validated with the configuration: only "1.1" and "2" get here.
+        let versions =
+            HttpVersions::parse(&config.telegram_http_version).unwrap_or(HttpVersions::Http1);
+        let tls = Arc::new(tls::bot_api_config(ca_file, versions)?);
         Ok(Endpoint {
             inner: Arc::new(EndpointInner {
                 api_url: config.telegram_api_url.trim_end_matches('/').to_string(),
@@ -95,6 +116,7 @@ impl Endpoint {
                 max_connections: config.telegram_max_connections,
                 local_mode: config.telegram_local_mode,
                 proxy,
+                tls,
             }),
         })
     }
@@ -107,7 +129,7 @@ impl Endpoint {
     /// Builds a client for the current thread.
     pub fn client(&self) -> BotApi {
         let connector = awc::Connector::new()
-            .rustls_0_23(Arc::new(tls_config()))
+            .rustls_0_23(self.inner.tls.clone())
             .limit(self.inner.max_connections)
             .conn_keep_alive(Duration::from_secs(90))
             .timeout(self.inner.timeout.min(Duration::from_secs(10)));
@@ -130,7 +152,9 @@ impl Endpoint {
                 awc::Client::builder()
                     .connector(connector.connector(TunnelConnector(proxy.clone())))
             ),
-            None => finish!(awc::Client::builder().connector(connector)),
+            None => finish!(
+                awc::Client::builder().connector(connector.connector(DirectConnector::default()))
+            ),
         };
         BotApi {
             http,
@@ -170,28 +194,6 @@ impl Endpoint {
             file_path.trim_start_matches('/')
         )
     }
-}
-
-/// TLS with the ring provider and the webpki roots, for every HTTPS client.
-pub fn tls_config() -> rustls::ClientConfig {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
-        // The ring provider supports the default protocol versions; this
-        // branch exists only to keep a panic out of the start-up path.
-        .unwrap_or_else(|_| {
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("TLS 1.3 is supported by ring")
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth()
-        })
 }
 
 /// A file to upload in a multipart request.

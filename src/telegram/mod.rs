@@ -17,11 +17,13 @@
 //! asked (the semaphore is fair).
 
 pub mod client;
+pub mod connect;
 pub mod error;
 pub mod format;
 pub mod outbox;
 pub mod proxy;
 pub mod split;
+pub mod tls;
 pub mod update;
 
 use std::sync::Arc;
@@ -34,7 +36,7 @@ pub use frankenstein::types;
 use frankenstein::types::{ChatAction, ChatId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use client::{BotApi, Endpoint, Sent, SentOrBool, Upload};
+pub use client::{BotApi, Endpoint, EndpointError, Sent, SentOrBool, Upload};
 pub use error::TelegramError;
 pub use outbox::{Delivered, Outbox, OutboxStats, Post, Request};
 

@@ -152,6 +152,13 @@ impl TestAppBuilder {
                 )
                 .env("WEBHOOK_SECRET", WEBHOOK_SECRET);
         }
+        // A fake with TLS: the daemon trusts its certificate.
+        if let Some(ca_file) = tg
+            .write_certificate(&data_dir)
+            .expect("the fake's certificate is written")
+        {
+            command.env("TELEGRAM_CA_FILE", ca_file);
+        }
         for (key, value) in &self.env {
             command.env(key, value);
         }

@@ -50,6 +50,10 @@ pub struct FakeTelegramConfig {
     /// it (actix-web's default when `None`): a short one plays servers and
     /// proxies that close keep-alive connections between requests.
     pub keep_alive: Option<std::time::Duration>,
+    /// Serve HTTPS with a certificate of its own, offering HTTP/2 and
+    /// HTTP/1.1 by ALPN as Telegram's servers do; a client trusts it with
+    /// [`FakeTelegram::certificate_pem`].
+    pub tls: bool,
 }
 
 impl Default for FakeTelegramConfig {
@@ -61,6 +65,7 @@ impl Default for FakeTelegramConfig {
             workers: 2,
             record_calls: true,
             keep_alive: None,
+            tls: false,
         }
     }
 }
@@ -69,6 +74,8 @@ impl Default for FakeTelegramConfig {
 #[derive(Clone)]
 pub struct FakeTelegram {
     inner: Arc<Inner>,
+    /// With TLS: the certificate it presents.
+    certificate_pem: Option<Arc<str>>,
 }
 
 type Inner = Running<Shared>;
@@ -93,11 +100,16 @@ impl FakeTelegram {
         });
         let data = web::Data::new(shared.clone());
         let webhooks = shared.clone();
+        let identity = config.tls.then(crate::tls::identity).transpose()?;
+        let certificate_pem = identity
+            .as_ref()
+            .map(|identity| Arc::from(identity.certificate_pem.as_str()));
         let Served { addr, system } = serve(
             "fake-telegram",
             config.addr,
             config.workers,
             config.keep_alive,
+            identity.map(|identity| identity.server),
             move |cfg: &mut web::ServiceConfig| {
                 cfg.app_data(data.clone());
                 server::configure(cfg);
@@ -112,12 +124,45 @@ impl FakeTelegram {
                 addr,
                 system,
             }),
+            certificate_pem,
         })
     }
 
-    /// The base URL to give the bot as `TELEGRAM_API_URL`.
+    /// The base URL to give the bot as `TELEGRAM_API_URL`: `https://` for
+    /// a fake with TLS.
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.inner.addr)
+        let scheme = match self.certificate_pem {
+            Some(_) => "https",
+            None => "http",
+        };
+        format!("{scheme}://{}", self.inner.addr)
+    }
+
+    /// With TLS, the certificate the fake presents, in PEM: what a client
+    /// must trust (the daemon's `TELEGRAM_CA_FILE`).
+    pub fn certificate_pem(&self) -> Option<&str> {
+        self.certificate_pem.as_deref()
+    }
+
+    /// With TLS, writes the certificate into `dir` for a client to trust
+    /// (the daemon's `TELEGRAM_CA_FILE`) and answers its path; `None`
+    /// without TLS.
+    pub fn write_certificate(
+        &self,
+        dir: &std::path::Path,
+    ) -> std::io::Result<Option<std::path::PathBuf>> {
+        let Some(pem) = self.certificate_pem() else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("fake-telegram-ca.pem");
+        std::fs::write(&path, pem)?;
+        Ok(Some(path))
+    }
+
+    /// How many Bot API calls came over HTTP/2.
+    pub fn http2_calls(&self) -> usize {
+        self.read(|s| s.http2_calls)
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -32,9 +32,9 @@
 //!   more than `M` messages or more than `D` drafts (sendMessageDraft
 //!   calls), whichever is given: a long poll for the bot's reply.
 //! - `GET /_fake/stats`: counters over all chats: `messages`, `drafts`,
-//!   `calls`, `rejected_429`, `unconfirmed` (updates queued and not yet
-//!   confirmed by the bot), `confirmed_offset`, `next_update_id`,
-//!   `webhook_deliveries`.
+//!   `calls`, `rejected_429`, `http2_calls` (Bot API calls that came over
+//!   HTTP/2), `unconfirmed` (updates queued and not yet confirmed by the
+//!   bot), `confirmed_offset`, `next_update_id`, `webhook_deliveries`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -206,6 +206,7 @@ async fn api(
         Err(message) => return respond(Err(ApiError::bad_request(&message))),
     };
     let chat_id = int(&params, "chat_id");
+    let http2 = request.version() == actix_web::http::Version::HTTP_2;
     let failure = shared.state.update(|s| s.take_failure(method, chat_id));
     let scripted = match failure {
         Some(Failure::Delay(delay)) => {
@@ -231,7 +232,7 @@ async fn api(
         (None, false) => {
             let result = shared.state.update(|s| {
                 let result = call(s, shared.bot_id, method, &params, files, at);
-                s.record_call(method, chat_id, status_of(&result), at);
+                s.record_call(method, chat_id, status_of(&result), http2, at);
                 result
             });
             if method.eq_ignore_ascii_case("setWebhook") {
@@ -244,7 +245,7 @@ async fn api(
     };
     shared
         .state
-        .update(|s| s.record_call(method, chat_id, status_of(&result), at));
+        .update(|s| s.record_call(method, chat_id, status_of(&result), http2, at));
     respond(result)
 }
 
@@ -1122,6 +1123,7 @@ async fn control_stats(shared: web::Data<Arc<Shared>>) -> HttpResponse {
             "drafts": s.drafts.len(),
             "calls": s.calls.len(),
             "rejected_429": s.rejected_429,
+            "http2_calls": s.http2_calls,
             "unconfirmed": s.queue.len(),
             "confirmed_offset": s.confirmed_offset,
             "next_update_id": s.next_update_id,

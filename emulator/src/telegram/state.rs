@@ -94,6 +94,8 @@ pub struct Call {
     pub method: String,
     pub chat_id: Option<i64>,
     pub status: u16,
+    /// It came over HTTP/2 (HTTP/1.1 otherwise).
+    pub http2: bool,
     #[serde(skip)]
     pub at: Instant,
 }
@@ -214,6 +216,8 @@ pub struct FakeState {
     pub(crate) next_file: u64,
     pub(crate) flood: Option<Flood>,
     pub(crate) rejected_429: usize,
+    /// Calls that came over HTTP/2, counted with `record_calls` off too.
+    pub(crate) http2_calls: usize,
     pub(crate) record_calls: bool,
     /// The last `allowed_updates` the bot set (getUpdates or setWebhook).
     /// As in Telegram, it filters updates created after it was set; those
@@ -259,6 +263,7 @@ impl FakeState {
             next_file: 1,
             flood: flood_limits.map(Flood::new),
             rejected_429: 0,
+            http2_calls: 0,
             record_calls,
             allowed_updates: Vec::new(),
             total_waiters: Vec::new(),
@@ -475,16 +480,19 @@ impl FakeState {
         method: &str,
         chat_id: Option<i64>,
         status: u16,
+        http2: bool,
         at: Instant,
     ) {
         if status == 429 {
             self.rejected_429 += 1;
         }
+        self.http2_calls += usize::from(http2);
         if self.record_calls {
             self.calls.push(Call {
                 method: method.to_string(),
                 chat_id,
                 status,
+                http2,
                 at,
             });
         }

@@ -3,10 +3,40 @@
 
 use super::super::*;
 
+/// How long an answered update's id stays its own: Telegram numbers
+/// updates in sequence, and picks a random id for the next one only after
+/// a week without updates. A row answered longer ago than that, whose id
+/// comes again, was not sent again: the id is a new update's.
+pub const SAME_UPDATE_WITHIN: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
 /// Adds to `new` the ids of `rows` that were there already and are not
-/// done; a batch sent again is rare, so this costs a query only then.
+/// done, and those whose row was answered before [`SAME_UPDATE_WITHIN`]
+/// (the row is taken over by the new update, not done); a batch sent again
+/// is rare, so this costs queries only then.
 macro_rules! pending_of_known {
-    ($conn:expr, $rows:expr, $new:expr) => {
+    ($conn:expr, $rows:expr, $new:expr, $now:expr) => {
+        let stale_before = $now - SAME_UPDATE_WITHIN.as_millis() as i64;
+        let others: Vec<&InboxRow> = $rows
+            .iter()
+            .filter(|row| !$new.contains(&row.update_id))
+            .collect();
+        for row in others {
+            let renewed = diesel::update(
+                inbox::table
+                    .find(row.update_id)
+                    .filter(inbox::done_at.lt(stale_before)),
+            )
+            .set((
+                inbox::chat_id.eq(row.chat_id),
+                inbox::body.eq(&row.body),
+                inbox::received_at.eq($now),
+                inbox::done_at.eq(None::<i64>),
+            ))
+            .execute($conn)?;
+            if renewed > 0 {
+                $new.insert(row.update_id);
+            }
+        }
         let known: Vec<i64> = $rows
             .iter()
             .map(|row| row.update_id)
@@ -29,7 +59,9 @@ impl Storage {
     /// still to be answered: those not there before, and those there but
     /// not marked done (journaled by a run, or another instance, that
     /// stopped before answering them). A row already done is never
-    /// answered again, whoever sends it again. One write rather than two:
+    /// answered again, whoever sends it again, unless it was answered
+    /// before [`SAME_UPDATE_WITHIN`]: then the id is a new update's, which
+    /// takes the row over. One write rather than two:
     /// on SQLite each write answered is a wake-up of the thread waiting
     /// for it.
     pub async fn inbox_journal(
@@ -61,7 +93,7 @@ impl Storage {
                             new.insert(row.update_id);
                         }
                     }
-                    pending_of_known!(conn, rows, new);
+                    pending_of_known!(conn, rows, new, now);
                     mark_done!(conn, done, now);
                 }
                 // Over the network, one statement and one round trip per
@@ -80,7 +112,7 @@ impl Storage {
                             .get_results(conn)?;
                         new.extend(inserted);
                     }
-                    pending_of_known!(conn, rows, new);
+                    pending_of_known!(conn, rows, new, now);
                     mark_done!(conn, done, now);
                 }
             }

@@ -3,6 +3,7 @@
 //! module.
 
 mod inbox;
+pub use inbox::SAME_UPDATE_WITHIN;
 mod jobs;
 mod turns;
 mod users;

@@ -11,11 +11,15 @@
 //!   once; updates/s from the first reply to the last.
 //! - latency: updates at `--rate` per second for `--seconds`, each from a
 //!   new user; percentiles of the time from injection to the reply's arrival.
-//! - memory: `--idle-users` users each send /start and go quiet; the
-//!   daemon's resident memory growth per live user actor.
+//! - memory: `--idle-users` users each send /start and go quiet, in
+//!   `--memory-steps` bursts; the daemon's resident memory growth per live
+//!   user actor.
 //! - ai: `--ai-users` users ask the assistant at once, against a fake
 //!   OpenAI backend that takes `--ai-latency-ms` per answer; the time until
 //!   the last user has the full answer, and the time above the backend's own.
+//!
+//! `--tls` puts the fake behind HTTPS (HTTP/2 and HTTP/1.1 offered by
+//! ALPN): with `--env TELEGRAM_HTTP_VERSION=2` or `=1.1`, what each costs.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -64,6 +68,12 @@ struct Args {
     /// Memory: users who each send one /start and go quiet.
     #[arg(long, default_value_t = 100_000)]
     idle_users: u64,
+    /// Memory: the steps they come in, each a burst of as many new users
+    /// at once; what a burst holds for a moment (queues, updates in
+    /// flight) the allocator keeps for the next, so more, smaller steps
+    /// leave less of it in the figure.
+    #[arg(long, default_value_t = 10)]
+    memory_steps: u64,
     /// AI: users asking at once.
     #[arg(long, default_value_t = 1_000)]
     ai_users: u64,
@@ -84,6 +94,11 @@ struct Args {
     /// Startup: starts to time.
     #[arg(long, default_value_t = 5)]
     starts: usize,
+    /// The fake serves HTTPS (ALPN h2 and http/1.1) with a certificate the
+    /// daemon is given to trust; `--env TELEGRAM_HTTP_VERSION=2` lets the
+    /// daemon take HTTP/2. actorbot only.
+    #[arg(long)]
+    tls: bool,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -96,6 +111,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .find(|r| ["memory", "ai"].contains(r))
     {
         return Err(format!("{what} measures actorbot alone, not a --peer").into());
+    }
+    if args.peer.is_some() && args.tls {
+        return Err("--tls is for actorbot alone, not a --peer".into());
     }
     // awc runs on actix's single-threaded runtime.
     let runtime = actix_rt::System::new();
@@ -225,6 +243,7 @@ async fn start(args: &Args, ai: Option<FakeAi>) -> Result<Rig, Box<dyn std::erro
             token: TOKEN.into(),
             record_calls: args.run.split(',').any(|r| r.trim() == "ai"),
             workers: 1,
+            tls: args.tls,
             ..Default::default()
         },
         ai,
@@ -326,6 +345,7 @@ async fn throughput(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         mib(rss_before),
         mib(rss_peak)
     );
+    print_protocol(args, tg, "throughput");
     Ok(())
 }
 
@@ -338,6 +358,7 @@ async fn latency(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     wait_total(tg, 1_000, Duration::from_secs(60)).await?;
     let base = tg.total_messages();
     let rss_before = Process::Pid(bot.pid()).rss_bytes();
+    let cpu_before = Process::Pid(bot.pid()).cpu_seconds();
     let total = args.rate * args.seconds;
     let tick = Duration::from_millis(1);
     let per_tick = args.rate as f64 / 1000.0;
@@ -361,6 +382,7 @@ async fn latency(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let (done, rss_peak) = peak_rss(bot.pid(), run).await;
     done?;
+    let cpu = Process::Pid(bot.pid()).cpu_seconds() - cpu_before;
     let mut latencies: Vec<f64> = tg.all_messages()[base..]
         .iter()
         .filter_map(|m| {
@@ -382,11 +404,23 @@ async fn latency(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         latencies.last().copied().unwrap_or(0.0)
     );
     println!(
-        "latency: RSS {:.1} MiB before, peak {:.1} MiB during the run",
+        "latency: RSS {:.1} MiB before, peak {:.1} MiB during the run; the bot used {cpu:.2} CPU-seconds ({:.0} µs per update)",
         mib(rss_before),
-        mib(rss_peak)
+        mib(rss_peak),
+        cpu * 1e6 / total as f64
     );
+    print_protocol(args, tg, "latency");
     Ok(())
+}
+
+/// With `--tls`: how many of the fake's calls came over HTTP/2.
+fn print_protocol(args: &Args, tg: &FakeTelegram, run: &str) {
+    if args.tls {
+        println!(
+            "{run}: over TLS, {} of the fake's Bot API calls came over HTTP/2",
+            tg.http2_calls()
+        );
+    }
 }
 
 /// Exec to the first getUpdates and to the first reply, `--starts` times,
@@ -518,34 +552,36 @@ async fn memory(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             .inject_text(3_000_000 + user as i64, "/start");
     }
     wait_messages(&rig, warm as usize, Duration::from_secs(60)).await?;
-    // Two steps of half the users each: the first step also fills what is
-    // bounded whatever the number of users (the database's page caches,
-    // thread stacks, pools), so the second shows what one more user costs.
+    // Steps of new users: the first also fills what is bounded whatever
+    // the number of users (the database's page caches, thread stacks,
+    // pools), so the later ones show what one more user costs.
+    let steps = args.memory_steps.max(2);
+    let step = args.idle_users / steps;
     let mut levels = vec![memory_level(&rig).await?];
-    let half = args.idle_users / 2;
     let mut next_user = 4_000_000i64;
     let mut sent = warm as usize;
-    for _ in 0..2 {
+    for _ in 0..steps {
         rig.telegram()
-            .inject_texts((0..half).map(|n| (next_user + n as i64, "/start")));
-        next_user += half as i64;
-        sent += half as usize;
+            .inject_texts((0..step).map(|n| (next_user + n as i64, "/start")));
+        next_user += step as i64;
+        sent += step as usize;
         wait_messages(&rig, sent, Duration::from_secs(600)).await?;
         levels.push(memory_level(&rig).await?);
     }
     let per_actor = |from: &(u64, f64), to: &(u64, f64)| {
         (to.0.saturating_sub(from.0)) as f64 * 1024.0 / (to.1 - from.1).max(1.0)
     };
-    let (first, last) = (&levels[0], &levels[2]);
+    let (first, second, last) = (&levels[0], &levels[1], &levels[levels.len() - 1]);
     println!(
-        "memory: {:.0} idle user actors live: RSS {} MiB -> {} MiB, {:.0} bytes per idle user actor over all of them; \
-         {:.0} bytes per actor for the last {:.0} (everything the daemon keeps per user, allocator overhead included)",
+        "memory: {:.0} idle user actors live, in {steps} steps of {step} new users: RSS {} MiB -> {} MiB, \
+         {:.0} bytes per idle user actor over all of them; {:.0} bytes per actor after the first step, for the last {:.0} \
+         (everything the daemon keeps per user, allocator overhead included)",
         last.1,
         first.0 / 1024,
         last.0 / 1024,
         per_actor(first, last),
-        per_actor(&levels[1], last),
-        last.1 - levels[1].1,
+        per_actor(second, last),
+        last.1 - second.1,
     );
     Ok(())
 }
