@@ -681,7 +681,8 @@ async fn ai_round(
     to_first.sort_by(f64::total_cmp);
     if !to_first.is_empty() {
         println!(
-            "ai: question to the first call for its chat (intake, journal, session): median {:.0} ms, last {:.0} ms",
+            "ai: question to the first call for its chat (intake, journal, session, and the \
+             daemon's pause before \"typing…\"): median {:.0} ms, last {:.0} ms",
             to_first[to_first.len() / 2],
             to_first[to_first.len() - 1]
         );
