@@ -313,3 +313,56 @@ fn an_unusable_ca_file_or_http_version_stops_the_start_naming_the_variable() {
     );
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn an_untrusted_certificate_is_named_with_the_setting_that_trusts_it() {
+    use std::io::BufRead;
+    let token = "7000001:UNTRUSTED-secret";
+    let fake = actorbot_testkit::telegram::FakeTelegram::start(
+        actorbot_testkit::telegram::FakeTelegramConfig {
+            token: token.into(),
+            tls: true,
+            ..Default::default()
+        },
+    )
+    .expect("the fake Telegram starts");
+    let data = std::env::temp_dir().join(format!("actorbot-cli-tls-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_actorbot"))
+        .arg("run")
+        .env_clear()
+        .env("CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+        .env("BOT_TOKEN", token)
+        .env("TELEGRAM_API_URL", fake.api_url())
+        .env("DATA_DIR", &data)
+        .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("actorbot runs");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The start retries getMe; its first failure is the line wanted.
+    let line = loop {
+        match seen.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(line) if line.contains("getMe failed") => break line,
+            Ok(_) => continue,
+            Err(err) => panic!("no getMe failure logged: {err}"),
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&data);
+    assert!(line.contains("certificate"), "{line}");
+    assert!(line.contains("TELEGRAM_CA_FILE"), "{line}");
+    assert!(!line.contains("UNTRUSTED-secret"), "{line}");
+}

@@ -196,6 +196,17 @@ impl Endpoint {
     }
 }
 
+/// The connection was refused for the server's certificate: no retry
+/// changes that, so the error says what would.
+fn untrusted_certificate(err: &awc::error::SendRequestError) -> bool {
+    let awc::error::SendRequestError::Connect(awc::error::ConnectError::Io(io)) = err else {
+        return false;
+    };
+    io.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| matches!(tls, rustls::Error::InvalidCertificate(_)))
+}
+
 /// A file to upload in a multipart request.
 #[derive(Clone, Debug)]
 pub struct Upload {
@@ -326,9 +337,17 @@ impl BotApi {
         R: DeserializeOwned,
         S: futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
     {
-        let mut response = response.map_err(|err| TelegramError::Transport {
-            method: method.to_string(),
-            message: self.endpoint.redact(&err.to_string()),
+        let mut response = response.map_err(|err| {
+            let mut message = self.endpoint.redact(&err.to_string());
+            if untrusted_certificate(&err) {
+                message.push_str(
+                    " (a Bot API server with a certificate of a private CA needs that CA in TELEGRAM_CA_FILE)",
+                );
+            }
+            TelegramError::Transport {
+                method: method.to_string(),
+                message,
+            }
         })?;
         let status = response.status();
         let body = response
