@@ -111,25 +111,17 @@ fn public_roots() -> rustls::RootCertStore {
 }
 
 fn with_roots(roots: rustls::RootCertStore) -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
+    let provider = || Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         // The ring provider supports the default protocol versions: the
         // error cannot happen, and a panic stays out of the start.
-        .map(|builder| {
-            builder
-                .with_root_certificates(roots.clone())
-                .with_no_client_auth()
-        })
         .unwrap_or_else(|_| {
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("TLS 1.3 is supported by ring")
-            .with_root_certificates(roots)
-            .with_no_client_auth()
-        })
+            rustls::ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("TLS 1.3 is supported by ring")
+        });
+    builder.with_root_certificates(roots).with_no_client_auth()
 }
 
 #[cfg(test)]

@@ -15,33 +15,35 @@ pub const SAME_UPDATE_WITHIN: std::time::Duration = std::time::Duration::from_se
 /// is rare, so this costs queries only then.
 macro_rules! pending_of_known {
     ($conn:expr, $rows:expr, $new:expr, $now:expr) => {
+        // Known rows are those of a batch sent again, all answered within
+        // the week as a rule: one query per chunk finds the rare stale
+        // ones, and only those are taken over, a row at a time.
         let stale_before = $now - SAME_UPDATE_WITHIN.as_millis() as i64;
-        let others: Vec<&InboxRow> = $rows
-            .iter()
-            .filter(|row| !$new.contains(&row.update_id))
-            .collect();
-        for row in others {
-            let renewed = diesel::update(
-                inbox::table
-                    .find(row.update_id)
-                    .filter(inbox::done_at.lt(stale_before)),
-            )
-            .set((
-                inbox::chat_id.eq(row.chat_id),
-                inbox::body.eq(&row.body),
-                inbox::received_at.eq($now),
-                inbox::done_at.eq(None::<i64>),
-            ))
-            .execute($conn)?;
-            if renewed > 0 {
-                $new.insert(row.update_id);
-            }
-        }
         let known: Vec<i64> = $rows
             .iter()
             .map(|row| row.update_id)
             .filter(|id| !$new.contains(id))
             .collect();
+        let mut stale: HashSet<i64> = HashSet::new();
+        for chunk in known.chunks(500) {
+            let ids: Vec<i64> = inbox::table
+                .filter(inbox::update_id.eq_any(chunk))
+                .filter(inbox::done_at.lt(stale_before))
+                .select(inbox::update_id)
+                .load($conn)?;
+            stale.extend(ids);
+        }
+        for row in $rows.iter().filter(|row| stale.contains(&row.update_id)) {
+            diesel::update(inbox::table.find(row.update_id))
+                .set((
+                    inbox::chat_id.eq(row.chat_id),
+                    inbox::body.eq(&row.body),
+                    inbox::received_at.eq($now),
+                    inbox::done_at.eq(None::<i64>),
+                ))
+                .execute($conn)?;
+        }
+        $new.extend(stale);
         for chunk in known.chunks(500) {
             let pending: Vec<i64> = inbox::table
                 .filter(inbox::update_id.eq_any(chunk))
